@@ -1,0 +1,29 @@
+"""napari-itaclip: training-free open-vocabulary segmentation (ITACLIP) for napari.
+
+Heavy dependencies (torch, open_clip, napari) are imported lazily so that importing this
+package, and starting napari with the plugin installed, stays fast.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ITACLIP": "napari_itaclip.engine.segmenter",
+    "SegmentationResult": "napari_itaclip.engine.result",
+    "Cancelled": "napari_itaclip.engine.result",
+    "PRESETS": "napari_itaclip.engine.presets",
+    "segment_layer": "napari_itaclip.api",
+    "result_to_layer_data": "napari_itaclip.layers",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_itaclip' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

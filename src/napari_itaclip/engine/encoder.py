@@ -1,0 +1,113 @@
+"""The modified CLIP image encoder (METHOD.md section 2): dense tokens with CSA fusion.
+
+Blocks 1..L-1 run unchanged. The self-self attention maps (CSA) of the inputs of blocks 7, 8
+and 10 (1-based) are averaged into A_mid; the last block uses
+A = 0.5 * CSA(ln_1(x)) + 0.5 * A_mid as its attention, keeps its residual and drops its MLP.
+All tokens go through ln_post and the projection.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# 0-based indices of the blocks whose input attention is fused into the last block.
+INTERMEDIATE_BLOCKS = (6, 7, 9)
+
+
+def check_supported(visual) -> None:
+    """Raise ValueError unless `visual` is an open_clip ViT this encoder can run."""
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks is None or not hasattr(visual, "conv1") or not hasattr(visual, "class_embedding"):
+        raise ValueError(
+            "ITACLIP needs an open_clip VisionTransformer image tower (ViT-B-16 and friends); "
+            f"got {type(visual).__name__}"
+        )
+    if len(blocks) <= max(INTERMEDIATE_BLOCKS) + 1:
+        raise ValueError(
+            f"ITACLIP fuses blocks 7, 8 and 10 into the last block, so the image tower needs at "
+            f"least {max(INTERMEDIATE_BLOCKS) + 2} blocks; this one has {len(blocks)}"
+        )
+    for block in blocks:
+        if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
+            raise ValueError("ITACLIP needs blocks with nn.MultiheadAttention (open_clip's default)")
+
+
+def patch_size(visual) -> tuple[int, int]:
+    size = visual.conv1.kernel_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def positional_embedding(visual, grid_h: int, grid_w: int) -> torch.Tensor:
+    """The (1 + gh * gw, width) positional embedding for a (gh, gw) patch grid.
+
+    Used unchanged when the token count matches the model's grid; otherwise the patch part is
+    resized bicubically with the DINO-style scale factor ((g + 0.1) / n) as the reference does
+    (passing scale_factor, not size, so the sampling positions match it).
+    """
+    pos = visual.positional_embedding
+    n_model = pos.shape[0] - 1
+    if grid_h * grid_w == n_model:
+        return pos
+    side = int(math.sqrt(n_model))
+    patch_pos = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(
+        patch_pos,
+        scale_factor=((grid_h + 0.1) / side, (grid_w + 0.1) / side),
+        mode="bicubic",
+        align_corners=False,
+    )
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)
+    return torch.cat([pos[:1], patch_pos], dim=0)
+
+
+def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    batch, tokens, width = t.shape
+    return t.reshape(batch, tokens, n_heads, width // n_heads).transpose(1, 2)
+
+
+def qkv(block, x: torch.Tensor):
+    """Per-head q, k, v (B, heads, N, head_dim) of `block`'s attention on ln_1(x)."""
+    attn = block.attn
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    return _heads(q, attn.num_heads), _heads(k, attn.num_heads), _heads(v, attn.num_heads)
+
+
+def self_self_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """CSA = softmax(q q^T s) + softmax(k k^T s): the two softmaxes added, so rows sum to 2."""
+    scale = q.shape[-1] ** -0.5
+    return (q @ q.transpose(-1, -2) * scale).softmax(-1) + (k @ k.transpose(-1, -2) * scale).softmax(-1)
+
+
+def encode_dense(visual, images: torch.Tensor) -> torch.Tensor:
+    """All output tokens (B, 1 + gh * gw, D) of the modified encoder, CLS first."""
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    x = visual.conv1(images)
+    grid_h, grid_w = x.shape[-2:]
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)
+    x = x + positional_embedding(visual, grid_h, grid_w).to(x.dtype)
+    x = visual.ln_pre(x)
+
+    blocks = visual.transformer.resblocks
+    mid = None
+    for index, block in enumerate(blocks[:-1]):
+        if index in INTERMEDIATE_BLOCKS:
+            q, k, _ = qkv(block, x)
+            csa = self_self_attention(q, k)
+            mid = csa if mid is None else mid + csa
+        x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+    mid = mid / len(INTERMEDIATE_BLOCKS)
+
+    last = blocks[-1]
+    q, k, v = qkv(last, x)
+    fused = 0.5 * self_self_attention(q, k) + 0.5 * mid
+    out = (fused.to(v.dtype) @ v).transpose(1, 2).reshape(x.shape)
+    x = x + last.ls_1(last.attn.out_proj(out))
+
+    x = visual.ln_post(x)
+    return x @ visual.proj if visual.proj is not None else x

@@ -1,0 +1,173 @@
+"""Model loading: open_clip names and pretrained tags, local weight files, device, precision."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+WEIGHTS_ENV = "NAPARI_ITACLIP_WEIGHTS"
+DEFAULT_MODEL = "ViT-B-16"
+DEFAULT_PRETRAINED = "openai"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The pretrained weights are neither cached nor downloadable."""
+
+
+def available_devices() -> list[str]:
+    """Devices present on this machine, best first ("cuda", "mps", "cpu")."""
+    import torch
+
+    devices = []
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return [*devices, "cpu"]
+
+
+def resolve_device(device="auto"):
+    """`"auto"` picks cuda, then mps, then cpu; an explicit device must be present."""
+    import torch
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda', 'mps'; got {device!r}")
+    if device == "auto":
+        return torch.device(available_devices()[0])
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available here")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type == "mps":
+        if "mps" not in available_devices():
+            raise ValueError("device 'mps' was asked for but Apple MPS is not available here")
+    elif resolved.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'")
+    return resolved
+
+
+def resolve_precision(precision, device) -> str:
+    """`"auto"` is fp16 autocast on CUDA (the paper's setting) and fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("precision 'fp16' is not supported on the CPU; use 'fp32' or 'bf16'")
+    return precision
+
+
+def autocast(device, precision: str):
+    """The autocast context for `precision` (a no-op for fp32)."""
+    import torch
+
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _is_local_file(pretrained) -> bool:
+    return isinstance(pretrained, os.PathLike) or (
+        isinstance(pretrained, str) and (os.sep in pretrained or os.path.isfile(pretrained))
+    )
+
+
+def _missing_weights_message(model: str, pretrained: str, exc: BaseException) -> str:
+    return (
+        f"could not load the pretrained weights {model!r} / {pretrained!r}: they are not in the "
+        f"open_clip cache and downloading them failed ({type(exc).__name__}: {exc}). Fix: on a "
+        "machine with internet access run `python -c \"import open_clip; "
+        f"open_clip.create_model('{model}', pretrained='{pretrained}')\"` and copy the downloaded "
+        "file here (for OpenAI weights the ViT-B-16.pt archive), then pass "
+        "pretrained='/path/to/file' (CLI: --pretrained FILE) or set the environment variable "
+        f"{WEIGHTS_ENV}=/path/to/file."
+    )
+
+
+def load_clip(model: str = DEFAULT_MODEL, pretrained=DEFAULT_PRETRAINED, quick_gelu=None):
+    """Build an open_clip CLIP (fp32, CPU, eval mode) and its tokenizer.
+
+    `pretrained` is an open_clip tag ("openai", "laion2b_s34b_b88k", ...) or a local file: an
+    OpenAI `.pt` archive (TorchScript) or a state dict in OpenAI/open_clip layout. A local file
+    is read like OpenAI's loader does (architecture inferred from the tensors, QuickGELU);
+    if it does not fit that layout it is loaded into `model`'s open_clip architecture.
+    `quick_gelu=None` follows the pretrained tag's own record (True for OpenAI weights).
+    Returns (model, tokenizer, identity) where identity names the weights for cache keys.
+    """
+    import open_clip
+
+    env = os.environ.get(WEIGHTS_ENV)
+    if env and model == DEFAULT_MODEL and pretrained == DEFAULT_PRETRAINED:
+        pretrained = env
+    if pretrained is not None and _is_local_file(pretrained):
+        return _load_local_file(model, Path(pretrained), quick_gelu)
+    if model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model!r} (see open_clip.list_models())")
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained is not None and pretrained not in tags:
+        raise ValueError(
+            f"unknown pretrained tag {pretrained!r} for {model!r}; known: {', '.join(tags) or 'none'}"
+            " (or give a local weights file)"
+        )
+    if quick_gelu is None and pretrained is not None:
+        quick_gelu = bool(open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu", False))
+    try:
+        clip = open_clip.create_model(
+            model, pretrained=pretrained, device="cpu", precision="fp32",
+            force_quick_gelu=bool(quick_gelu),
+        )
+    except (OSError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, RuntimeError) and "size mismatch" in str(exc):
+            raise
+        raise WeightsUnavailableError(_missing_weights_message(model, pretrained, exc)) from exc
+    tokenizer = open_clip.get_tokenizer(model)
+    return clip.eval(), tokenizer, f"{model}/{pretrained}/qg{int(bool(quick_gelu))}"
+
+
+def _load_local_file(model: str, path: Path, quick_gelu):
+    import open_clip
+    import torch
+
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    try:
+        clip = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+        if quick_gelu is False:
+            raise ValueError(
+                "quick_gelu=False is not supported for OpenAI-layout files (OpenAI weights use "
+                "QuickGELU)"
+            )
+    except (KeyError, RuntimeError) as openai_error:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"cannot read weights file {path}: {exc}") from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} holds no state dict (found {type(state).__name__})") from None
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        try:
+            clip = open_clip.create_model(
+                model, pretrained=None, device="cpu", force_quick_gelu=bool(quick_gelu)
+            )
+            clip.load_state_dict(state)
+        except Exception as exc:
+            raise ValueError(
+                f"{path} is neither an OpenAI-layout CLIP ({openai_error}) nor a state dict of "
+                f"open_clip model {model!r} ({exc})"
+            ) from None
+    context_length = int(getattr(clip, "context_length", 77))
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    stat = path.stat()
+    return clip.eval(), tokenizer, f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"

@@ -1,0 +1,56 @@
+"""Postprocessing (METHOD.md section 7): query softmax, variant max, thresholds, closing."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def class_probabilities(
+    logits: torch.Tensor, query_class: torch.Tensor, n_classes: int, logit_scale: float
+) -> torch.Tensor:
+    """(C, H, W): softmax(logit_scale * logits) over all queries, then max over each class's."""
+    p = (logits.float() * logit_scale).softmax(0)
+    if p.shape[0] == n_classes:
+        return p
+    index = query_class.view(-1, 1, 1).expand_as(p)
+    out = p.new_zeros((n_classes, *p.shape[1:]))
+    return out.scatter_reduce_(0, index, p, reduce="amax", include_self=False)
+
+
+def argmax_counts(probabilities: torch.Tensor) -> torch.Tensor:
+    """Pixels per class in the argmax of (C, H, W) probabilities."""
+    n = probabilities.shape[0]
+    return torch.bincount(probabilities.argmax(0).flatten(), minlength=n)
+
+
+def surviving_classes(counts: torch.Tensor, area_thd: float | None, background: bool) -> torch.Tensor:
+    """Boolean (C,) mask: a candidate class survives if its argmax count is greater than
+    area_thd times the summed count of all candidates. Candidates are the non-background
+    classes (all classes when there is no background); background always survives."""
+    keep = torch.ones_like(counts, dtype=torch.bool)
+    if area_thd is None:
+        return keep
+    first = 1 if background else 0
+    candidates = counts[first:].double()
+    keep[first:] = candidates > area_thd * candidates.sum()
+    return keep
+
+
+def labels_from_probabilities(probabilities: torch.Tensor, prob_thd: float) -> torch.Tensor:
+    """argmax class, with 0 where the best probability is below prob_thd."""
+    best, labels = probabilities.max(0)
+    labels[best < prob_thd] = 0
+    return labels
+
+
+def label_dtype(n_classes: int):
+    return np.uint8 if n_classes <= 256 else np.uint16
+
+
+def close_labels(labels: np.ndarray) -> np.ndarray:
+    """3x3 rectangular grey-level closing (dilate then erode the ids), OpenCV's border rules."""
+    import cv2
+
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
+    return cv2.morphologyEx(labels, cv2.MORPH_CLOSE, kernel)

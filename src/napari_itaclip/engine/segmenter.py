@@ -1,0 +1,374 @@
+"""`ITACLIP`: owns the model and the text cache, and composes the stages in order.
+
+image -> uint8 RGB -> resize (short side S) -> normalise -> sliding windows x views through
+the modified encoder, in memory-bounded chunks -> stitched logits -> per band of output rows:
+bilinear upsampling to the original size, PAMR, query softmax, variant max -> area threshold
+(a second pass, needing global counts) -> labels -> closing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from . import image as image_stage
+from .classes import ClassList, parse_aux_text, parse_class_list
+from .encoder import check_supported, encode_dense, patch_size
+from .models import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    autocast,
+    load_clip,
+    resolve_device,
+    resolve_precision,
+)
+from .pamr import halo, pamr
+from .postprocess import (
+    argmax_counts,
+    class_probabilities,
+    close_labels,
+    label_dtype,
+    labels_from_probabilities,
+    surviving_classes,
+)
+from .presets import Preset, resolve_preset
+from .resample import upsample_rows
+from .result import Cancelled, SegmentationResult
+from .text import TextFeatureCache, cache_root, fuse_aux_text, query_features, text_tower_fingerprint
+from .windows import N_VIEWS, crop_views, sliding_windows, stitch_window, views_to_grid_logits
+
+Progress = Callable[[int, int, str], None]
+
+# Working memory for one band of the refinement stage; bands are as tall as this allows.
+DEFAULT_BAND_MEMORY_MB = 1024
+
+
+class ITACLIP:
+    """Training-free open-vocabulary segmentation with CLIP (ITACLIP, CVPRW 2025).
+
+    The model loads once and stays on its device; text features are cached in memory and on
+    disk. `segment` is the one entry point used by the napari widget, the notebook API and the
+    command line.
+
+    model, pretrained: an open_clip model name and pretrained tag, or `pretrained` a local
+        weights file (OpenAI .pt archive or state dict). OpenAI weights get QuickGELU.
+    device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps".
+    precision: "auto" (fp16 autocast on CUDA, fp32 elsewhere), "fp32", "fp16" or "bf16".
+    batch_size: encoder images per chunk (default 128 on CUDA, 16 elsewhere); halved
+        automatically on CUDA out-of-memory.
+    cache_dir: text-feature cache folder (default $NAPARI_ITACLIP_CACHE or the user cache);
+        `False` keeps features in memory only.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        pretrained=DEFAULT_PRETRAINED,
+        device="auto",
+        precision="auto",
+        *,
+        quick_gelu: bool | None = None,
+        batch_size: int | None = None,
+        cache_dir=None,
+        band_memory_mb: int = DEFAULT_BAND_MEMORY_MB,
+    ):
+        resolved = resolve_device(device)
+        precision = resolve_precision(precision, resolved)
+        clip, tokenizer, identity = load_clip(model, pretrained, quick_gelu)
+        self._setup(clip, tokenizer, identity, resolved, precision, batch_size, cache_dir, band_memory_mb)
+
+    @classmethod
+    def from_open_clip(
+        cls,
+        model,
+        tokenizer=None,
+        device="auto",
+        precision="auto",
+        *,
+        batch_size: int | None = None,
+        cache_dir=None,
+        band_memory_mb: int = DEFAULT_BAND_MEMORY_MB,
+    ) -> ITACLIP:
+        """Wrap an already-built open_clip CLIP (its weights are used as they are)."""
+        import open_clip
+
+        resolved = resolve_device(device)
+        precision = resolve_precision(precision, resolved)
+        if tokenizer is None:
+            tokenizer = open_clip.tokenizer.SimpleTokenizer(
+                context_length=int(getattr(model, "context_length", 77))
+            )
+        self = cls.__new__(cls)
+        identity = f"open_clip:{type(model).__name__}"
+        self._setup(model, tokenizer, identity, resolved, precision, batch_size, cache_dir, band_memory_mb)
+        return self
+
+    def _setup(self, clip, tokenizer, identity, device, precision, batch_size, cache_dir, band_memory_mb):
+        if not hasattr(clip, "visual"):
+            raise TypeError(f"expected an open_clip CLIP model, got {type(clip).__name__}")
+        check_supported(clip.visual)
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.model = clip.to(device).eval()
+        self.tokenizer = tokenizer
+        self.model_identity = identity
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size or (128 if device.type == "cuda" else 16)
+        self.band_memory_mb = band_memory_mb
+        self._cache_dir = cache_dir
+        self._text_cache: TextFeatureCache | None = None
+
+    # ------------------------------------------------------------------ text
+    @property
+    def text_cache(self) -> TextFeatureCache:
+        if self._text_cache is None:
+            key = f"{text_tower_fingerprint(self.model)}-{self.precision}"
+            use_disk = self._cache_dir is not False
+            root = None if self._cache_dir in (None, False) else self._cache_dir
+            from pathlib import Path
+
+            self._text_cache = TextFeatureCache(key, Path(root) if root else cache_root(), use_disk)
+        return self._text_cache
+
+    def text_features(
+        self,
+        class_list: ClassList,
+        aux_texts: list[str] | None,
+        c_def: float,
+        progress: Progress | None = None,
+        checkpoint: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """(queries, D) query features, fused with the auxiliary texts when given."""
+        amp = autocast(self.device, self.precision)
+        args = (self.model, self.tokenizer, self.text_cache)
+        names = query_features(*args, class_list.queries, self.device, amp, progress, checkpoint)
+        if not aux_texts or c_def == 0:
+            return names
+        aux = query_features(*args, aux_texts, self.device, amp, progress, checkpoint)
+        return fuse_aux_text(names, aux, class_list.query_class, class_list.background, c_def)
+
+    # --------------------------------------------------------------- segment
+    def segment(
+        self,
+        image,
+        classes,
+        *,
+        preset: str | Preset = "voc21",
+        aux_text=None,
+        progress: Progress | None = None,
+        cancel: Callable[[], bool] | None = None,
+        probability_downsample: int = 1,
+        **overrides,
+    ) -> SegmentationResult:
+        """Segment `image` into `classes`.
+
+        image: numpy (H, W), (H, W, 3) or (H, W, 4); see `image.to_rgb_uint8` for dtypes.
+        classes: list of class strings (", " separates variants), text block, file path or a
+            built-in set name ("voc21", ...).
+        preset: "voc21", "context60", "coco_object", "coco_stuff", "cityscapes" or "fast".
+        aux_text: `name >=text` lines (path, text or mapping), weighted by c_def.
+        progress: called as progress(done, total, stage) per text batch, encoder chunk and band.
+        cancel: polled between chunks and bands; returning True raises `Cancelled`.
+        probability_downsample: keep probabilities at 1/f of the size (f x f block means).
+        overrides: any `Preset` field (short_side, crop, stride, image_engineering, c_img,
+            c_def, logit_scale, prob_thd, area_thd, pamr_steps, pamr_dilations, closing,
+            background, max_long_side).
+        """
+        start = time.perf_counter()
+        timings: dict[str, float] = {}
+        params = resolve_preset(preset, overrides)
+        if not isinstance(probability_downsample, int) or probability_downsample < 1:
+            raise ValueError(
+                f"probability_downsample must be a positive integer, got {probability_downsample!r}"
+            )
+        rgb = image_stage.to_rgb_uint8(image)
+        class_list = parse_class_list(classes, params.background)
+        aux_texts = parse_aux_text(aux_text, class_list) if aux_text is not None else None
+        report = progress or (lambda done, total, stage: None)
+
+        def checkpoint():
+            if cancel is not None and cancel():
+                raise Cancelled("segmentation cancelled")
+
+        checkpoint()
+        with torch.inference_mode():
+            tick = time.perf_counter()
+            text = self.text_features(class_list, aux_texts, params.c_def, report, checkpoint)
+            timings["text"] = time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            resized = image_stage.resize_short_side(rgb, params.short_side, params.max_long_side)
+            normalised = image_stage.normalise(resized)[0].to(self.device)
+            timings["resize"] = time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            logits = self.window_logits(normalised, text, params, report, checkpoint)
+            timings["encoder"] = time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            labels, probabilities = self.refine(
+                normalised, logits, rgb.shape[:2], class_list, params, probability_downsample,
+                report, checkpoint,
+            )
+            timings["refine"] = time.perf_counter() - tick
+
+        if params.closing:
+            tick = time.perf_counter()
+            labels = close_labels(labels)
+            timings["closing"] = time.perf_counter() - tick
+        timings["total"] = time.perf_counter() - start
+
+        parameters = {
+            **params.to_dict(),
+            "classes": class_list.to_text(),
+            "aux_text": None
+            if aux_texts is None
+            else "\n".join(
+                f"{name} >={text}"
+                for name, text in zip(class_list.class_names[int(class_list.background) :], aux_texts)
+            ),
+            "probability_downsample": probability_downsample,
+            "model": self.model_identity,
+            "device": str(self.device),
+            "precision": self.precision,
+            "image_shape": list(rgb.shape[:2]),
+            "resized_shape": list(resized.shape[:2]),
+            "napari_itaclip_version": __version__,
+        }
+        return SegmentationResult(
+            labels=labels,
+            probabilities=probabilities,
+            class_names=class_list.class_names,
+            background=class_list.background,
+            parameters=parameters,
+            timings=timings,
+            probability_factor=probability_downsample,
+        )
+
+    # --------------------------------------------------------------- encoder
+    def window_logits(
+        self,
+        normalised: torch.Tensor,
+        text: torch.Tensor,
+        params: Preset,
+        report: Progress,
+        checkpoint: Callable[[], None],
+    ) -> torch.Tensor:
+        """(Q, h, w) stitched, count-averaged window logits at the resized size."""
+        _, h, w = normalised.shape
+        windows = sliding_windows(h, w, params.crop, params.stride)
+        canvas = torch.zeros((text.shape[0], h, w), device=self.device)
+        count = torch.zeros((h, w), device=self.device)
+        done = 0
+        while done < len(windows):
+            checkpoint()
+            views = N_VIEWS if params.image_engineering else 1
+            chunk = windows[done : done + max(1, self.batch_size // views)]
+            crops = torch.stack([normalised[:, win.y0 : win.y1, win.x0 : win.x1] for win in chunk])
+            grid_logits = self._encode_windows(crops, text, params)
+            if grid_logits is None:  # out of memory: batch_size was halved, retry the chunk
+                continue
+            for window, crop_logits in zip(chunk, grid_logits):
+                stitch_window(canvas, count, crop_logits, window)
+            done += len(chunk)
+            report(done, len(windows), "encoder")
+        return canvas / count
+
+    def _encode_windows(self, crops, text, params: Preset):
+        grid = tuple(s // p for s, p in zip(crops.shape[-2:], patch_size(self.model.visual)))
+        try:
+            with autocast(self.device, self.precision):
+                tokens = encode_dense(self.model.visual, crop_views(crops, params.image_engineering))
+            return views_to_grid_logits(tokens, text, grid, params.image_engineering, params.c_img)
+        except torch.cuda.OutOfMemoryError:
+            views = N_VIEWS if params.image_engineering else 1
+            if self.batch_size <= views:
+                raise MemoryError(
+                    "out of GPU memory even with one window per chunk; free GPU memory, use "
+                    "precision='fp16' or device='cpu'"
+                ) from None
+            torch.cuda.empty_cache()
+            self.batch_size = max(views, self.batch_size // 2)
+            return None
+
+    # ---------------------------------------------------------------- refine
+    def band_rows(self, n_queries: int, width: int, extra_rows: int, factor: int) -> int:
+        """Output rows per band so that one band's working set fits band_memory_mb."""
+        bytes_per_row = width * 4 * (4 * n_queries + 24)
+        rows = self.band_memory_mb * 2**20 // bytes_per_row - extra_rows
+        rows = max(rows, 64)
+        return max(factor, rows // factor * factor)
+
+    def refine(
+        self,
+        normalised: torch.Tensor,
+        logits: torch.Tensor,
+        size: tuple[int, int],
+        class_list: ClassList,
+        params: Preset,
+        factor: int,
+        report: Progress,
+        checkpoint: Callable[[], None],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (H, W) and class probabilities (C, H/f, W/f) at the original size."""
+        height, width = size
+        n_classes = len(class_list)
+        query_class = torch.tensor(class_list.query_class, device=self.device)
+        margin = halo(params.pamr_steps, params.pamr_dilations)
+        rows = self.band_rows(logits.shape[0], width, 2 * margin, factor)
+        bands = [(y, min(y + rows, height)) for y in range(0, height, rows)]
+        out_h, out_w = math.ceil(height / factor), math.ceil(width / factor)
+        probabilities = np.empty((n_classes, out_h, out_w), np.float32)
+        labels = np.empty((height, width), label_dtype(n_classes))
+
+        def band_probabilities(y0: int, y1: int) -> torch.Tensor:
+            e0, e1 = max(0, y0 - margin), min(height, y1 + margin)
+            band = upsample_rows(logits, size, e0, e1)
+            if params.pamr_steps:
+                band_image = upsample_rows(normalised, size, e0, e1)
+                band = pamr(band_image, band, params.pamr_steps, params.pamr_dilations)
+            band = band[:, y0 - e0 : y1 - e0]
+            return class_probabilities(band, query_class, n_classes, params.logit_scale)
+
+        two_pass = params.area_thd is not None
+        stored = factor == 1  # full-size probabilities are kept, so pass 2 needs no recompute
+        total = len(bands) * (2 if two_pass else 1)
+        done = 0
+        keep = None
+        if two_pass:
+            counts = torch.zeros(n_classes, dtype=torch.long, device=self.device)
+            for y0, y1 in bands:
+                checkpoint()
+                p = band_probabilities(y0, y1)
+                counts += argmax_counts(p)
+                if stored:
+                    probabilities[:, y0:y1] = p.cpu().numpy()
+                done += 1
+                report(done, total, "refine")
+            keep = surviving_classes(counts, params.area_thd, class_list.background)
+            keep_np = keep.cpu().numpy()
+        for y0, y1 in bands:
+            checkpoint()
+            if two_pass and stored:
+                probabilities[~keep_np, y0:y1] = 0
+                p = torch.from_numpy(probabilities[:, y0:y1]).to(self.device)
+            else:
+                p = band_probabilities(y0, y1)
+                if keep is not None:
+                    p[~keep] = 0
+                if stored:
+                    probabilities[:, y0:y1] = p.cpu().numpy()
+            if not stored:
+                pooled = F.avg_pool2d(p[None], factor, ceil_mode=True)[0]
+                probabilities[:, y0 // factor : y0 // factor + pooled.shape[1]] = pooled.cpu().numpy()
+            labels[y0:y1] = labels_from_probabilities(p, params.prob_thd).cpu().numpy()
+            done += 1
+            report(done, total, "refine")
+        return labels, probabilities
