@@ -18,8 +18,12 @@ def build_tiny_clip(seed: int = 0):
     torch.manual_seed(seed)
     model = open_clip.CLIP(
         embed_dim=32,
-        vision_cfg=open_clip.CLIPVisionCfg(layers=12, width=128, head_width=64, patch_size=16, image_size=224),
-        text_cfg=open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
+        vision_cfg=open_clip.CLIPVisionCfg(
+            layers=12, width=128, head_width=64, patch_size=16, image_size=224
+        ),
+        text_cfg=open_clip.CLIPTextCfg(
+            context_length=77, vocab_size=49408, width=64, heads=1, layers=2
+        ),
         quick_gelu=True,
     )
     # Random init leaves some tensors at constants (zeros/ones); give every tensor variety so a

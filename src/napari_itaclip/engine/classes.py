@@ -81,7 +81,9 @@ def _read_text_file(path, what: str) -> str:
 
 def class_lines(classes) -> list[str]:
     """The raw class lines of any accepted form of `classes` (see `parse_class_list`)."""
-    if isinstance(classes, os.PathLike) or (isinstance(classes, str) and _is_existing_file(classes)):
+    if isinstance(classes, os.PathLike) or (
+        isinstance(classes, str) and _is_existing_file(classes)
+    ):
         return _read_text_file(classes, "class list").splitlines()
     if isinstance(classes, str):
         if classes.strip() in BUILTIN_CLASS_SETS:
@@ -110,7 +112,7 @@ def parse_class_list(classes, background: bool) -> ClassList:
     single line where ";" separates classes. Blank lines are ignored.
     """
     variants = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, int]] = {}  # normalised name -> (line number, class index)
     for line_no, line in enumerate(class_lines(classes), start=1):
         if not line.strip():
             continue
@@ -119,12 +121,15 @@ def parse_class_list(classes, background: bool) -> ClassList:
             if not name:
                 raise ValueError(f"class line {line_no} ({line.strip()!r}) has an empty name")
             key = _normalised(name)
-            if key in seen:
+            # A word may be both a background word and a class (the authors' COCO-Object list
+            # has "bed" twice): the two identical queries then share their probability.
+            background_clash = background and key in seen and (seen[key][1] == 0) != (not variants)
+            if key in seen and not background_clash:
                 raise ValueError(
                     f"duplicate class name {name!r} on line {line_no} (already on line "
-                    f"{seen[key]}); names must be unique (case-insensitive)"
+                    f"{seen[key][0]}); names must be unique (case-insensitive)"
                 )
-            seen[key] = line_no
+            seen.setdefault(key, (line_no, len(variants)))
         variants.append(names)
     if not variants:
         raise ValueError("the class list is empty: give at least one class name")
@@ -177,10 +182,9 @@ def parse_aux_text(aux_text, class_list: ClassList) -> list[str]:
     such class needs exactly one line.
     """
     first = 1 if class_list.background else 0
+    # Later classes win, so a word that is both a background word and a class names the class.
     owner = {
-        _normalised(name): cls
-        for cls, names in enumerate(class_list.variants)
-        for name in names
+        _normalised(name): cls for cls, names in enumerate(class_list.variants) for name in names
     }
     texts: dict[int, str] = {}
     for line_no, name, text in aux_lines(aux_text):

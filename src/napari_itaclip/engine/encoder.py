@@ -33,7 +33,9 @@ def check_supported(visual) -> None:
         )
     for block in blocks:
         if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
-            raise ValueError("ITACLIP needs blocks with nn.MultiheadAttention (open_clip's default)")
+            raise ValueError(
+                "ITACLIP needs blocks with nn.MultiheadAttention (open_clip's default)"
+            )
 
 
 def patch_size(visual) -> tuple[int, int]:
@@ -79,7 +81,22 @@ def qkv(block, x: torch.Tensor):
 def self_self_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """CSA = softmax(q q^T s) + softmax(k k^T s): the two softmaxes added, so rows sum to 2."""
     scale = q.shape[-1] ** -0.5
-    return (q @ q.transpose(-1, -2) * scale).softmax(-1) + (k @ k.transpose(-1, -2) * scale).softmax(-1)
+    return (q @ q.transpose(-1, -2) * scale).softmax(-1) + (
+        k @ k.transpose(-1, -2) * scale
+    ).softmax(-1)
+
+
+def block_with_csa(block, x: torch.Tensor):
+    """One unchanged block forward that also returns the CSA map of its input.
+
+    Same maths as the block's own forward, but q, k, v are computed once and shared by the
+    CSA map and the block's ordinary attention.
+    """
+    q, k, v = qkv(block, x)
+    csa = self_self_attention(q, k)
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
+    x = x + block.ls_1(block.attn.out_proj(attended))
+    return x + block.ls_2(block.mlp(block.ln_2(x))), csa
 
 
 def encode_dense(visual, images: torch.Tensor) -> torch.Tensor:
@@ -97,10 +114,10 @@ def encode_dense(visual, images: torch.Tensor) -> torch.Tensor:
     mid = None
     for index, block in enumerate(blocks[:-1]):
         if index in INTERMEDIATE_BLOCKS:
-            q, k, _ = qkv(block, x)
-            csa = self_self_attention(q, k)
+            x, csa = block_with_csa(block, x)
             mid = csa if mid is None else mid + csa
-        x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+        else:
+            x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
     mid = mid / len(INTERMEDIATE_BLOCKS)
 
     last = blocks[-1]

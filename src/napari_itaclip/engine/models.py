@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -35,13 +36,17 @@ def resolve_device(device="auto"):
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda', 'mps'; got {device!r}")
+        raise TypeError(
+            f"device must be a string such as 'auto', 'cpu', 'cuda', 'mps'; got {device!r}"
+        )
     if device == "auto":
         return torch.device(available_devices()[0])
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+        raise ValueError(
+            f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' was asked for but no CUDA GPU is available here")
@@ -86,12 +91,56 @@ def _missing_weights_message(model: str, pretrained: str, exc: BaseException) ->
     return (
         f"could not load the pretrained weights {model!r} / {pretrained!r}: they are not in the "
         f"open_clip cache and downloading them failed ({type(exc).__name__}: {exc}). Fix: on a "
-        "machine with internet access run `python -c \"import open_clip; "
+        'machine with internet access run `python -c "import open_clip; '
         f"open_clip.create_model('{model}', pretrained='{pretrained}')\"` and copy the downloaded "
         "file here (for OpenAI weights the ViT-B-16.pt archive), then pass "
         "pretrained='/path/to/file' (CLI: --pretrained FILE) or set the environment variable "
         f"{WEIGHTS_ENV}=/path/to/file."
     )
+
+
+def _download_host(model: str, pretrained: str) -> str | None:
+    from urllib.parse import urlparse
+
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if cfg.get("hf_hub"):
+        return "huggingface.co"
+    return urlparse(cfg.get("url", "")).hostname
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:443 opens: fails fast offline instead of after the
+    download client's minute of retries."""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def weights_cached(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED) -> bool:
+    """Whether open_clip would load these pretrained weights without downloading."""
+    import open_clip
+    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+    cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if cfg.get("file"):
+        return os.path.isfile(cfg["file"])
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or HF_WEIGHTS_NAME
+        names = [*_get_safe_alternatives(filename), filename]
+        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+    if cfg.get("url"):
+        cache = Path(os.path.expanduser("~/.cache/clip"))
+        return (cache / os.path.basename(cfg["url"])).is_file()
+    return False
 
 
 def load_clip(model: str = DEFAULT_MODEL, pretrained=DEFAULT_PRETRAINED, quick_gelu=None):
@@ -121,9 +170,18 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained=DEFAULT_PRETRAINED, quick_g
         )
     if quick_gelu is None and pretrained is not None:
         quick_gelu = bool(open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu", False))
+    if pretrained is not None and not weights_cached(model, pretrained):
+        host = _download_host(model, pretrained)
+        if host and not _reachable(host):
+            raise WeightsUnavailableError(
+                _missing_weights_message(model, pretrained, OSError(f"{host} is not reachable"))
+            )
     try:
         clip = open_clip.create_model(
-            model, pretrained=pretrained, device="cpu", precision="fp32",
+            model,
+            pretrained=pretrained,
+            device="cpu",
+            precision="fp32",
             force_quick_gelu=bool(quick_gelu),
         )
     except (OSError, RuntimeError, ValueError) as exc:
@@ -141,13 +199,11 @@ def _load_local_file(model: str, path: Path, quick_gelu):
     if not path.is_file():
         raise ValueError(f"weights file not found: {path}")
     try:
-        clip = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
-        if quick_gelu is False:
-            raise ValueError(
-                "quick_gelu=False is not supported for OpenAI-layout files (OpenAI weights use "
-                "QuickGELU)"
-            )
-    except (KeyError, RuntimeError) as openai_error:
+        with warnings.catch_warnings():
+            # torch warns that TorchScript loading is deprecated; OpenAI archives are TorchScript.
+            warnings.simplefilter("ignore", FutureWarning)
+            clip = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+    except Exception as openai_error:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:

@@ -60,7 +60,9 @@ def pamr_affinity(image: torch.Tensor, dilations) -> torch.Tensor:
     return affinity.softmax(0)
 
 
-def pamr_iterate(logits: torch.Tensor, affinity: torch.Tensor, dilations, steps: int) -> torch.Tensor:
+def pamr_iterate(
+    logits: torch.Tensor, affinity: torch.Tensor, dilations, steps: int
+) -> torch.Tensor:
     """`steps` PAMR iterations on (Q, H, W) logits (the centre itself is not a neighbour)."""
     h, w = logits.shape[-2:]
     pad = max(dilations)
@@ -68,7 +70,7 @@ def pamr_iterate(logits: torch.Tensor, affinity: torch.Tensor, dilations, steps:
     for _ in range(steps):
         padded = F.pad(logits[None], (pad, pad, pad, pad), mode="replicate")[0]
         out = torch.zeros_like(logits)
-        for weight, (dy, dx) in zip(affinity, offsets):
+        for weight, (dy, dx) in zip(affinity, offsets, strict=False):
             out.addcmul_(_shifted(padded, pad, dy, dx, h, w), weight)
         logits = out
     return logits

@@ -24,7 +24,9 @@ def argmax_counts(probabilities: torch.Tensor) -> torch.Tensor:
     return torch.bincount(probabilities.argmax(0).flatten(), minlength=n)
 
 
-def surviving_classes(counts: torch.Tensor, area_thd: float | None, background: bool) -> torch.Tensor:
+def surviving_classes(
+    counts: torch.Tensor, area_thd: float | None, background: bool
+) -> torch.Tensor:
     """Boolean (C,) mask: a candidate class survives if its argmax count is greater than
     area_thd times the summed count of all candidates. Candidates are the non-background
     classes (all classes when there is no background); background always survives."""

@@ -76,7 +76,10 @@ def validate(p: Preset) -> None:
 
     for name in ("short_side", "max_long_side", "crop", "stride"):
         value = getattr(p, name)
-        need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+        need(
+            isinstance(value, int) and value > 0,
+            f"{name} must be a positive integer, got {value!r}",
+        )
     need(p.crop >= 16, f"crop must be at least one 16-pixel patch, got {p.crop}")
     need(p.stride <= p.crop, f"stride ({p.stride}) must not be larger than crop ({p.crop})")
     need(p.max_long_side >= p.short_side, "max_long_side must be at least short_side")

@@ -40,7 +40,13 @@ from .postprocess import (
 from .presets import Preset, resolve_preset
 from .resample import upsample_rows
 from .result import Cancelled, SegmentationResult
-from .text import TextFeatureCache, cache_root, fuse_aux_text, query_features, text_tower_fingerprint
+from .text import (
+    TextFeatureCache,
+    cache_root,
+    fuse_aux_text,
+    query_features,
+    text_tower_fingerprint,
+)
 from .windows import N_VIEWS, crop_views, sliding_windows, stitch_window, views_to_grid_logits
 
 Progress = Callable[[int, int, str], None]
@@ -81,7 +87,9 @@ class ITACLIP:
         resolved = resolve_device(device)
         precision = resolve_precision(precision, resolved)
         clip, tokenizer, identity = load_clip(model, pretrained, quick_gelu)
-        self._setup(clip, tokenizer, identity, resolved, precision, batch_size, cache_dir, band_memory_mb)
+        self._setup(
+            clip, tokenizer, identity, resolved, precision, batch_size, cache_dir, band_memory_mb
+        )
 
     @classmethod
     def from_open_clip(
@@ -106,10 +114,14 @@ class ITACLIP:
             )
         self = cls.__new__(cls)
         identity = f"open_clip:{type(model).__name__}"
-        self._setup(model, tokenizer, identity, resolved, precision, batch_size, cache_dir, band_memory_mb)
+        self._setup(
+            model, tokenizer, identity, resolved, precision, batch_size, cache_dir, band_memory_mb
+        )
         return self
 
-    def _setup(self, clip, tokenizer, identity, device, precision, batch_size, cache_dir, band_memory_mb):
+    def _setup(
+        self, clip, tokenizer, identity, device, precision, batch_size, cache_dir, band_memory_mb
+    ):
         if not hasattr(clip, "visual"):
             raise TypeError(f"expected an open_clip CLIP model, got {type(clip).__name__}")
         check_supported(clip.visual)
@@ -214,8 +226,14 @@ class ITACLIP:
 
             tick = time.perf_counter()
             labels, probabilities = self.refine(
-                normalised, logits, rgb.shape[:2], class_list, params, probability_downsample,
-                report, checkpoint,
+                normalised,
+                logits,
+                rgb.shape[:2],
+                class_list,
+                params,
+                probability_downsample,
+                report,
+                checkpoint,
             )
             timings["refine"] = time.perf_counter() - tick
 
@@ -232,7 +250,9 @@ class ITACLIP:
             if aux_texts is None
             else "\n".join(
                 f"{name} >={text}"
-                for name, text in zip(class_list.class_names[int(class_list.background) :], aux_texts)
+                for name, text in zip(
+                    class_list.class_names[int(class_list.background) :], aux_texts, strict=False
+                )
             ),
             "probability_downsample": probability_downsample,
             "model": self.model_identity,
@@ -275,17 +295,21 @@ class ITACLIP:
             grid_logits = self._encode_windows(crops, text, params)
             if grid_logits is None:  # out of memory: batch_size was halved, retry the chunk
                 continue
-            for window, crop_logits in zip(chunk, grid_logits):
+            for window, crop_logits in zip(chunk, grid_logits, strict=False):
                 stitch_window(canvas, count, crop_logits, window)
             done += len(chunk)
             report(done, len(windows), "encoder")
         return canvas / count
 
     def _encode_windows(self, crops, text, params: Preset):
-        grid = tuple(s // p for s, p in zip(crops.shape[-2:], patch_size(self.model.visual)))
+        grid = tuple(
+            s // p for s, p in zip(crops.shape[-2:], patch_size(self.model.visual), strict=False)
+        )
         try:
             with autocast(self.device, self.precision):
-                tokens = encode_dense(self.model.visual, crop_views(crops, params.image_engineering))
+                tokens = encode_dense(
+                    self.model.visual, crop_views(crops, params.image_engineering)
+                )
             return views_to_grid_logits(tokens, text, grid, params.image_engineering, params.c_img)
         except torch.cuda.OutOfMemoryError:
             views = N_VIEWS if params.image_engineering else 1
@@ -367,7 +391,9 @@ class ITACLIP:
                     probabilities[:, y0:y1] = p.cpu().numpy()
             if not stored:
                 pooled = F.avg_pool2d(p[None], factor, ceil_mode=True)[0]
-                probabilities[:, y0 // factor : y0 // factor + pooled.shape[1]] = pooled.cpu().numpy()
+                probabilities[:, y0 // factor : y0 // factor + pooled.shape[1]] = (
+                    pooled.cpu().numpy()
+                )
             labels[y0:y1] = labels_from_probabilities(p, params.prob_thd).cpu().numpy()
             done += 1
             report(done, total, "refine")

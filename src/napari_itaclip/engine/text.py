@@ -47,27 +47,42 @@ def text_tower_fingerprint(model) -> str:
 
 
 def _supports_truncation(model) -> bool:
-    return all(
+    return getattr(model, "text_pool_type", None) in ("argmax", "eos") and all(
         hasattr(model, name)
-        for name in ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+        for name in (
+            "token_embedding",
+            "positional_embedding",
+            "transformer",
+            "ln_final",
+            "attn_mask",
+        )
     )
+
+
+def pooled_positions(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Index of the token each prompt's feature is read from (its end-of-text token)."""
+    if getattr(model, "text_pool_type", "argmax") == "eos":
+        return (tokens == model.text_eos_id).int().argmax(-1)
+    return tokens.argmax(-1)  # OpenAI CLIP: the end-of-text token has the highest id
 
 
 def encode_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
     """Text features of (N, context) tokens, computed only up to the longest real prompt."""
-    if not _supports_truncation(model) or getattr(model, "text_pool_type", "argmax") != "argmax":
+    if not _supports_truncation(model):
         return model.encode_text(tokens)
     from open_clip.transformer import text_global_pool
 
-    eot = getattr(model, "text_eos_id", None)
-    ends = (tokens == eot).int().argmax(-1) if eot is not None else tokens.argmax(-1)
-    length = int(ends.max()) + 1
+    length = int(pooled_positions(model, tokens).max()) + 1
     tokens = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(
+        cast_dtype
+    )
     mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
     x = model.ln_final(model.transformer(x, attn_mask=mask))
-    x = text_global_pool(x, tokens, "argmax", eos_token_id=eot)
+    x = text_global_pool(
+        x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+    )
     projection = model.text_projection
     if projection is None:
         return x
@@ -75,16 +90,22 @@ def encode_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def template_ensemble(
-    model, tokenizer, queries: list[str], device, autocast, batch_size=256, progress=None, checkpoint=None
+    model,
+    tokenizer,
+    queries: list[str],
+    device,
+    autocast,
+    batch_size=256,
+    progress=None,
+    checkpoint=None,
 ) -> torch.Tensor:
     """(len(queries), D) features: each query in the 80 templates, encoded, L2-normalised,
     averaged and L2-normalised again."""
     temps = templates()
     prompts = [template(q) for q in queries for template in temps]
     tokens = tokenizer(prompts)
-    eot = getattr(model, "text_eos_id", None)
-    ends = (tokens == eot).int().argmax(-1) if eot is not None else tokens.argmax(-1)
-    order = torch.argsort(ends, stable=True)
+    # Batches of similar length truncate best.
+    order = torch.argsort(pooled_positions(model, tokens), stable=True)
     features = None
     done = 0
     for start in range(0, len(prompts), batch_size):
@@ -146,8 +167,14 @@ class TextFeatureCache:
 
 
 def query_features(
-    model, tokenizer, cache: TextFeatureCache, queries: list[str], device, autocast,
-    progress=None, checkpoint=None,
+    model,
+    tokenizer,
+    cache: TextFeatureCache,
+    queries: list[str],
+    device,
+    autocast,
+    progress=None,
+    checkpoint=None,
 ) -> torch.Tensor:
     """Template-ensembled features of `queries`, computing only those not cached."""
     unique = list(dict.fromkeys(queries))
@@ -156,7 +183,7 @@ def query_features(
         computed = template_ensemble(
             model, tokenizer, missing, device, autocast, progress=progress, checkpoint=checkpoint
         )
-        for query, feature in zip(missing, computed.cpu().numpy()):
+        for query, feature in zip(missing, computed.cpu().numpy(), strict=False):
             cache.put(query, feature)
     elif progress is not None:
         progress(1, 1, "text")

@@ -1,0 +1,201 @@
+"""ITACLIP.segment end to end: presets, outputs, progress, cancel, errors, loading."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_itaclip import ITACLIP, Cancelled, SegmentationResult
+from napari_itaclip.engine.presets import PRESETS
+
+SMALL = {"short_side": 64, "stride": 56}
+CLASSES = ["background, sky", "red thing, red blob", "blue thing"]
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_end_to_end(segmenter, rgb_image, preset):
+    background = PRESETS[preset].background
+    result = segmenter.segment(rgb_image, CLASSES, preset=preset, **SMALL)
+    assert isinstance(result, SegmentationResult)
+    assert result.labels.shape == rgb_image.shape[:2] and result.labels.dtype == np.uint8
+    assert result.probabilities.shape == (3, *rgb_image.shape[:2])
+    assert result.probabilities.dtype == np.float32
+    assert result.probabilities.min() >= 0 and result.probabilities.max() <= 1
+    assert result.labels.max() < 3
+    assert result.class_names == ["background", "red thing", "blue thing"]
+    assert result.background == background
+    params = json.loads(json.dumps(result.parameters))
+    assert params["short_side"] == 64 and params["logit_scale"] == PRESETS[preset].logit_scale
+    assert params["classes"].splitlines()[1] == "red thing, red blob"
+    assert {"text", "encoder", "refine", "total"} <= set(result.timings)
+
+
+def test_labels_follow_probabilities_without_closing_or_thresholds(segmenter, rgb_image):
+    result = segmenter.segment(rgb_image, CLASSES, preset="coco_stuff", closing=False, **SMALL)
+    np.testing.assert_array_equal(result.labels, result.probabilities.argmax(0))
+
+
+def test_grey_uint16_and_rgba_inputs(segmenter):
+    grey = (np.arange(40 * 50).reshape(40, 50) * 20).astype(np.uint16)
+    assert segmenter.segment(grey, CLASSES, preset="fast", **SMALL).labels.shape == (40, 50)
+    rgba = np.zeros((30, 20, 4), np.uint8)
+    assert segmenter.segment(rgba, CLASSES, preset="fast", **SMALL).labels.shape == (30, 20)
+
+
+def test_aux_text_changes_non_background_only(segmenter, rgb_image):
+    plain = segmenter.segment(rgb_image, CLASSES, preset="voc21", pamr_steps=0, **SMALL)
+    aux = "red thing >=something red\nblue thing >=something blue"
+    fused = segmenter.segment(
+        rgb_image, CLASSES, preset="voc21", aux_text=aux, pamr_steps=0, **SMALL
+    )
+    assert not np.allclose(plain.probabilities, fused.probabilities)
+    assert fused.parameters["aux_text"] == aux
+    same = segmenter.segment(
+        rgb_image, CLASSES, preset="voc21", aux_text=aux, c_def=0, pamr_steps=0, **SMALL
+    )
+    np.testing.assert_allclose(same.probabilities, plain.probabilities, atol=1e-6)
+
+
+def test_progress_per_chunk_and_band_and_cancel(segmenter, rgb_image):
+    windows = {"short_side": 64, "crop": 32, "stride": 16}  # 15 windows x 5 views: 5 chunks
+    calls = []
+    segmenter.segment(
+        rgb_image, CLASSES, preset="voc21", progress=lambda *a: calls.append(a), **windows
+    )
+    encoder = [c for c in calls if c[2] == "encoder"]
+    refine = [c for c in calls if c[2] == "refine"]
+    assert encoder[-1][0] == encoder[-1][1] == 15 and len(encoder) == 5
+    assert refine[-1][0] == refine[-1][1] == 2  # area threshold: two passes over one band
+
+    seen = []
+
+    def cancel_after_first_chunk():
+        return any(c[2] == "encoder" for c in seen)
+
+    with pytest.raises(Cancelled):
+        segmenter.segment(
+            rgb_image,
+            CLASSES,
+            preset="voc21",
+            progress=lambda *a: seen.append(a),
+            cancel=cancel_after_first_chunk,
+            **windows,
+        )
+    assert [c for c in seen if c[2] == "encoder"] == [encoder[0]]
+
+
+def test_small_bands_equal_one_band(tiny_clip, rgb_image):
+    image = np.repeat(rgb_image, 4, axis=0)  # 240 rows: several 64-row bands with a 160-row halo
+    one = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
+    banded = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, band_memory_mb=1)
+    assert banded.band_rows(80, image.shape[1], 320, 1) < image.shape[0]
+    a = one.segment(image, "voc21", preset="voc21", **SMALL)
+    b = banded.segment(image, "voc21", preset="voc21", **SMALL)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_downsampled_probabilities_are_block_means(segmenter, rgb_image):
+    full = segmenter.segment(rgb_image[:59], CLASSES, preset="voc21", **SMALL)
+    small = segmenter.segment(
+        rgb_image[:59], CLASSES, preset="voc21", probability_downsample=4, **SMALL
+    )
+    assert small.probability_factor == 4 and small.probabilities.shape == (3, 15, 20)
+    np.testing.assert_array_equal(small.labels, full.labels)
+    np.testing.assert_allclose(
+        small.probabilities[:, 1, 2], full.probabilities[:, 4:8, 8:12].mean((1, 2)), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        small.probabilities[:, 14, 0], full.probabilities[:, 56:59, 0:4].mean((1, 2)), atol=1e-5
+    )
+
+
+def test_more_than_256_classes_gives_uint16(segmenter, rgb_image):
+    classes = [f"thing number {i}" for i in range(300)]
+    result = segmenter.segment(rgb_image[:20, :20], classes, preset="fast", short_side=32)
+    assert result.labels.dtype == np.uint16 and result.probabilities.shape[0] == 300
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"preset": "nope"}, ValueError, "unknown preset 'nope'"),
+        ({"strid": 3}, ValueError, "unknown parameter"),
+        ({"stride": 300}, ValueError, r"stride \(300\) must not be larger than crop"),
+        ({"prob_thd": -0.1}, ValueError, "prob_thd"),
+        ({"area_thd": -1}, ValueError, "area_thd"),
+        ({"pamr_steps": -1}, ValueError, "pamr_steps"),
+        ({"probability_downsample": 0}, ValueError, "probability_downsample"),
+        ({"aux_text": "blue thing >=x"}, ValueError, "no line for 1 class"),
+    ],
+)
+def test_bad_parameters(segmenter, rgb_image, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        segmenter.segment(rgb_image, CLASSES, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("image", "classes", "message"),
+    [
+        (np.zeros((0, 4, 3), np.uint8), CLASSES, "empty"),
+        (np.full((4, 4), np.nan), CLASSES, "NaN"),
+        (np.zeros((4, 4, 2), np.uint8), CLASSES, "channels"),
+        (np.zeros((8, 8, 3), np.uint8), "", "empty"),
+        (np.zeros((8, 8, 3), np.uint8), ["a", "a"], "duplicate"),
+    ],
+)
+def test_bad_inputs(segmenter, image, classes, message):
+    with pytest.raises(ValueError, match=message):
+        segmenter.segment(image, classes, preset="fast")
+
+
+def test_device_and_precision_errors(tiny_clip):
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            ITACLIP.from_open_clip(tiny_clip, device="cuda")
+    with pytest.raises(ValueError, match="unknown device|unsupported device"):
+        ITACLIP.from_open_clip(tiny_clip, device="tpu")
+    with pytest.raises(ValueError, match="precision"):
+        ITACLIP.from_open_clip(tiny_clip, device="cpu", precision="fp8")
+    with pytest.raises(TypeError, match="open_clip CLIP"):
+        ITACLIP.from_open_clip(torch.nn.Linear(2, 2), device="cpu")
+
+
+def test_openai_layout_file_loads_with_quickgelu_and_openai_rounding(
+    tiny_clip, tiny_weights, rgb_image
+):
+    from open_clip.transformer import QuickGELU
+
+    loaded = ITACLIP(pretrained=str(tiny_weights), device="cpu", cache_dir=False)
+    assert isinstance(loaded.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    # OpenAI's loader stores linear weights in fp16 first: the same weights rounded that way
+    w = loaded.model.visual.transformer.resblocks[0].attn.in_proj_weight
+    w0 = tiny_clip.visual.transformer.resblocks[0].attn.in_proj_weight
+    torch.testing.assert_close(w, w0.half().float(), atol=0, rtol=0)
+    result = loaded.segment(rgb_image, CLASSES, preset="fast", **SMALL)
+    assert result.parameters["model"].startswith("file:")
+
+
+def test_weights_file_errors(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        ITACLIP(pretrained=str(tmp_path / "missing.pt"), device="cpu")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read weights file"):
+        ITACLIP(pretrained=str(junk), device="cpu")
+
+
+def test_offline_without_weights_says_how_to_fix(monkeypatch):
+    from napari_itaclip.engine import models
+
+    monkeypatch.setattr(models, "weights_cached", lambda *a: False)
+    monkeypatch.setattr(models, "_reachable", lambda host, timeout=3.0: False)
+    with pytest.raises(models.WeightsUnavailableError, match="NAPARI_ITACLIP_WEIGHTS") as info:
+        ITACLIP(device="cpu")
+    assert "pretrained=" in str(info.value)
+
+
+def test_weights_env_variable_replaces_default(monkeypatch, tiny_weights):
+    monkeypatch.setenv("NAPARI_ITACLIP_WEIGHTS", str(tiny_weights))
+    assert ITACLIP(device="cpu", cache_dir=False).model_identity.startswith("file:")
