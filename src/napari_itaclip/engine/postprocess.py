@@ -21,20 +21,21 @@ def class_probabilities(
 def argmax_counts(probabilities: torch.Tensor) -> torch.Tensor:
     """Pixels per class in the argmax of (C, H, W) probabilities."""
     n = probabilities.shape[0]
-    return torch.bincount(probabilities.argmax(0).flatten(), minlength=n)
+    # bincount on the CPU: not every accelerator backend implements it.
+    return torch.bincount(probabilities.argmax(0).flatten().cpu(), minlength=n)
 
 
 def surviving_classes(
     counts: torch.Tensor, area_thd: float | None, background: bool
 ) -> torch.Tensor:
-    """Boolean (C,) mask: a candidate class survives if its argmax count is greater than
+    """Boolean (C,) CPU mask: a candidate class survives if its argmax count is greater than
     area_thd times the summed count of all candidates. Candidates are the non-background
     classes (all classes when there is no background); background always survives."""
-    keep = torch.ones_like(counts, dtype=torch.bool)
+    keep = torch.ones(counts.shape, dtype=torch.bool)
     if area_thd is None:
         return keep
     first = 1 if background else 0
-    candidates = counts[first:].double()
+    candidates = counts[first:].cpu().double()  # exact for any image size (MPS has no float64)
     keep[first:] = candidates > area_thd * candidates.sum()
     return keep
 

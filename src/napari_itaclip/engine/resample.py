@@ -12,12 +12,13 @@ import torch
 def source_index(out_len: int, in_len: int, start: int, stop: int, device):
     """Lower source index, upper source index and upper weight for output rows start..stop."""
     scale = in_len / out_len
-    dst = torch.arange(start, stop, device=device, dtype=torch.float64)
+    # float64 on the CPU (MPS has no float64), then moved to the data's device.
+    dst = torch.arange(start, stop, dtype=torch.float64)
     src = ((dst + 0.5) * scale - 0.5).clamp_min(0)
     lo = src.floor().long().clamp_max(in_len - 1)
     hi = (lo + 1).clamp_max(in_len - 1)
     weight = (src - lo).float()
-    return lo, hi, weight
+    return lo.to(device), hi.to(device), weight.to(device)
 
 
 def upsample_rows(x: torch.Tensor, size: tuple[int, int], start: int, stop: int) -> torch.Tensor:

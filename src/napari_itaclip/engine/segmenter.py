@@ -367,7 +367,7 @@ class ITACLIP:
         done = 0
         keep = None
         if two_pass:
-            counts = torch.zeros(n_classes, dtype=torch.long, device=self.device)
+            counts = torch.zeros(n_classes, dtype=torch.long)
             for y0, y1 in bands:
                 checkpoint()
                 p = band_probabilities(y0, y1)
@@ -376,8 +376,8 @@ class ITACLIP:
                     probabilities[:, y0:y1] = p.cpu().numpy()
                 done += 1
                 report(done, total, "refine")
-            keep = surviving_classes(counts, params.area_thd, class_list.background)
-            keep_np = keep.cpu().numpy()
+            keep_np = surviving_classes(counts, params.area_thd, class_list.background).numpy()
+            keep = torch.from_numpy(keep_np).to(self.device)
         for y0, y1 in bands:
             checkpoint()
             if two_pass and stored:
