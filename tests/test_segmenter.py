@@ -199,3 +199,32 @@ def test_offline_without_weights_says_how_to_fix(monkeypatch):
 def test_weights_env_variable_replaces_default(monkeypatch, tiny_weights):
     monkeypatch.setenv("NAPARI_ITACLIP_WEIGHTS", str(tiny_weights))
     assert ITACLIP(device="cpu", cache_dir=False).model_identity.startswith("file:")
+
+
+def test_out_of_memory_halves_the_chunk_and_goes_on(tiny_clip, rgb_image, monkeypatch):
+    from napari_itaclip.engine import segmenter as segmenter_module
+
+    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, batch_size=20)
+    windows = {"short_side": 64, "crop": 32, "stride": 16}
+    expected = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
+    real = segmenter_module.encode_dense
+    sizes = []
+
+    def encode_or_fail(visual, images):
+        sizes.append(len(images))
+        if len(images) > 10:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(visual, images)
+
+    monkeypatch.setattr(segmenter_module, "encode_dense", encode_or_fail)
+    result = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
+    assert sizes[0] == 20 and max(sizes[1:]) <= 10 and seg.batch_size == 10
+    np.testing.assert_allclose(result.probabilities, expected.probabilities, atol=1e-5)
+
+    monkeypatch.setattr(
+        segmenter_module,
+        "encode_dense",
+        lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError()),
+    )
+    with pytest.raises(MemoryError, match="out of GPU memory"):
+        seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
