@@ -122,25 +122,34 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def weights_cached(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED) -> bool:
-    """Whether open_clip would load these pretrained weights without downloading."""
+def cached_weights_path(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED) -> str | None:
+    """The file open_clip would load these pretrained weights from without downloading, if any."""
     import open_clip
     from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
 
     cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if cfg.get("file"):
-        return os.path.isfile(cfg["file"])
+        return cfg["file"] if os.path.isfile(cfg["file"]) else None
     if cfg.get("hf_hub"):
         from huggingface_hub import try_to_load_from_cache
 
         repo, filename = os.path.split(cfg["hf_hub"])
         filename = filename or HF_WEIGHTS_NAME
-        names = [*_get_safe_alternatives(filename), filename]
-        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+        for name in [*_get_safe_alternatives(filename), filename]:
+            cached = try_to_load_from_cache(repo, name)
+            if isinstance(cached, str):
+                return cached
     if cfg.get("url"):
-        cache = Path(os.path.expanduser("~/.cache/clip"))
-        return (cache / os.path.basename(cfg["url"])).is_file()
-    return False
+        # open_clip's download folder for OpenAI archives when the Hugging Face hub is not used.
+        archive = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
+        if archive.is_file():
+            return str(archive)
+    return None
+
+
+def weights_cached(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED) -> bool:
+    """Whether open_clip would load these pretrained weights without downloading."""
+    return cached_weights_path(model, pretrained) is not None
 
 
 def load_clip(model: str = DEFAULT_MODEL, pretrained=DEFAULT_PRETRAINED, quick_gelu=None):

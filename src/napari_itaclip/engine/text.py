@@ -35,6 +35,11 @@ def cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("napari-itaclip"))
 
 
+def text_cache_folder(root: Path | None = None) -> Path:
+    """The folder holding all cached text features (one sub-folder per model)."""
+    return (root or cache_root()) / "text"
+
+
 def text_tower_fingerprint(model) -> str:
     """A hash of every text-tower tensor: two models share cached features only if equal."""
     digest = hashlib.blake2b(digest_size=16)
@@ -131,7 +136,7 @@ class TextFeatureCache:
     def __init__(self, model_key: str, root: Path | None = None, use_disk: bool = True):
         self.model_key = model_key
         self.memory: dict[str, np.ndarray] = {}
-        self.folder = (root or cache_root()) / "text" / model_key if use_disk else None
+        self.folder = text_cache_folder(root) / model_key if use_disk else None
 
     def _path(self, query: str) -> Path:
         name = hashlib.sha1(f"{TEMPLATE_SET}\n{query}".encode()).hexdigest()

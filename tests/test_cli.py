@@ -1,0 +1,489 @@
+"""The command line end to end with the tiny random model saved as a weights file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_itaclip import SegmentationResult, __version__
+from napari_itaclip.bundle import label_offset, load_bundle
+from napari_itaclip.cli import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    EXIT_USAGE,
+    LABEL_METADATA_KEY,
+    class_palette,
+    main,
+    overlay_image,
+    planned_outputs,
+    read_image,
+    read_label_image,
+    write_outputs,
+)
+from napari_itaclip.colors import class_colors_uint8
+from napari_itaclip.evaluation import mean_iou
+
+CLASSES = "sky; cat, kitten; dog"
+N_CLASSES = 3
+FAST = ["--device", "cpu", "--preset", "fast"]
+
+
+@pytest.fixture
+def model_args(tiny_weights):
+    return ["--pretrained", str(tiny_weights), *FAST]
+
+
+def random_rgb(seed: int, shape=(40, 50)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = np.zeros((*shape, 3), np.uint8)
+    image[:, : shape[1] // 2] = (200, 40, 40)
+    image[:, shape[1] // 2 :] = (30, 60, 220)
+    return np.clip(image + rng.integers(0, 40, image.shape), 0, 255).astype(np.uint8)
+
+
+def save_rgb(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Good images of three kinds, a broken one, and files a folder scan must pass over."""
+    folder = tmp_path / "images"
+    save_rgb(folder / "photo.png", random_rgb(0))
+    save_rgb(folder / "nested" / "grey.jpg", random_rgb(1)[..., 0])
+    grey16 = np.random.default_rng(2).integers(0, 60000, (40, 50)).astype(np.uint16)
+    tifffile.imwrite(folder / "nested" / "scan.tif", grey16[None])  # a one-page stack
+    (folder / "broken.png").write_bytes(b"this is not a PNG")
+    (folder / "notes.txt").write_text("not an image")
+    save_rgb(folder / ".hidden" / "skipped.png", random_rgb(3))
+    return folder
+
+
+def outputs_of(out: Path, stem: str) -> list[Path]:
+    return [
+        out / f"{stem}_labels.png",
+        out / f"{stem}.itaclip.npz",
+        out / f"{stem}_overlay.png",
+    ]
+
+
+def test_segment_folder_writes_outputs_and_reports_broken_images(
+    image_folder, tmp_path, model_args, capsys
+):
+    out = tmp_path / "out"
+    missing = tmp_path / "no-such-image.png"
+    code = main(
+        ["segment", str(image_folder), str(missing), "--classes", CLASSES, "--out", str(out)]
+        + model_args
+    )
+    captured = capsys.readouterr()
+
+    assert code == EXIT_FAILURES
+    error_lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 2
+    assert any("broken.png" in line and "cannot decode" in line for line in error_lines)
+    assert any(str(missing) in line and "no such file" in line for line in error_lines)
+    assert "Traceback" not in captured.err
+    assert "3 segmented, 0 skipped, 2 failed" in captured.out
+
+    expected = {
+        *outputs_of(out, "photo"),
+        *outputs_of(out / "nested", "grey"),
+        *outputs_of(out / "nested", "scan"),
+    }
+    assert {path for path in out.rglob("*") if path.is_file()} == expected
+
+    labels_png = Image.open(out / "photo_labels.png")
+    assert labels_png.mode == "P"
+    assert labels_png.size == (50, 40)
+    palette = np.array(labels_png.getpalette()[: 3 * N_CLASSES]).reshape(N_CLASSES, 3)
+    # No background class (fast preset): class id c has label id c + 1's colour in napari.
+    np.testing.assert_array_equal(palette, class_colors_uint8(N_CLASSES + 1)[1:])
+    class_ids = np.asarray(labels_png)
+    assert class_ids.max() < N_CLASSES
+    stored = json.loads(labels_png.text[LABEL_METADATA_KEY])
+    assert stored == {"class_names": ["sky", "cat", "dog"], "background": False}
+
+    bundle = load_bundle(out / "photo.itaclip.npz")
+    assert bundle.class_names == ["sky", "cat", "dog"]
+    assert bundle.name == "photo.png"
+    np.testing.assert_array_equal(bundle.label_image, class_ids + label_offset(False))
+
+    overlay = np.asarray(Image.open(out / "photo_overlay.png"))
+    assert overlay.shape == (40, 50, 3)
+    assert not np.array_equal(overlay, random_rgb(0))
+
+    # The text features computed by the run are in the cache that `cache` reports.
+    assert main(["cache"]) == EXIT_OK
+    assert " 0 files" not in capsys.readouterr().out
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(tmp_path, model_args, capsys):
+    folder = tmp_path / "photos"
+    save_rgb(folder / "photo.png", random_rgb(0))
+    out = folder / "out"  # inside the input folder: its files must never become inputs
+    args = ["segment", str(folder), "--classes", CLASSES, "--out", str(out), *model_args]
+    assert main(args) == EXIT_OK
+    labels, bundle, overlay = outputs_of(out, "photo")
+    first_labels = np.asarray(Image.open(labels))
+    capsys.readouterr()
+
+    labels.write_bytes(b"kept")
+    assert main(args) == EXIT_OK
+    assert "0 segmented, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert labels.read_bytes() == b"kept"
+
+    # A missing output is written; the existing ones are left alone.
+    overlay.unlink()
+    bundle_bytes = bundle.read_bytes()
+    assert main(args) == EXIT_OK
+    assert overlay.is_file()
+    assert labels.read_bytes() == b"kept"
+    assert bundle.read_bytes() == bundle_bytes
+
+    assert main([*args, "--overwrite"]) == EXIT_OK
+    np.testing.assert_array_equal(np.asarray(Image.open(labels)), first_labels)
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_paper_preset_with_background_and_aux_text(tmp_path, tiny_weights):
+    image = save_rgb(tmp_path / "photo.png", random_rgb(4, (24, 30)))
+    aux = tmp_path / "aux.txt"
+    aux.write_text("cat >=a small furry pet\ndog >=a loyal animal that barks\n")
+    out = tmp_path / "out"
+    # voc21 as the paper runs it, except a 224-pixel short side (3 windows instead of 40),
+    # which keeps the five views, stride 28, PAMR and both thresholds.
+    files = ["--aux-text", str(aux), "--out", str(out), "--pretrained", str(tiny_weights)]
+    options = "--preset voc21 --short-side 224 --format tif --format bundle --device cpu -q"
+    classes = ["--classes", "background, sky, wall; cat; dog"]
+    code = main(["segment", str(image), *classes, *files, *options.split()])
+    assert code == EXIT_OK
+    assert not (out / "photo_labels.png").exists()
+
+    with tifffile.TiffFile(out / "photo_labels.tif") as tif:
+        class_ids = tif.asarray()
+        stored = tif.shaped_metadata[0][LABEL_METADATA_KEY]
+    assert class_ids.shape == (24, 30) and class_ids.max() < 3
+    assert stored == {"class_names": ["background", "cat", "dog"], "background": True}
+    parameters = load_bundle(out / "photo.itaclip.npz").parameters
+    assert parameters["short_side"] == 224
+    assert (parameters["stride"], parameters["image_engineering"]) == (28, True)
+    assert (parameters["c_def"], parameters["area_thd"], parameters["logit_scale"]) == (
+        0.05,
+        0.1,
+        60,
+    )
+    assert "cat >=a small furry pet" in parameters["aux_text"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--classes", "missing.txt"], "class list file not found: missing.txt"),
+        (["--classes", "sky; cat; cat"], "duplicate class name"),
+        (["--classes", "sky; cat", "--stride", "500"], "stride (500) must not be larger"),
+        (["--classes", "sky; cat", "--prob-thd", "2"], "prob_thd must be in [0, 1], got 2.0"),
+        (["--classes", "sky; cat", "--aux-text", "nowhere.txt"], "cannot read the auxiliary"),
+        (["--classes", "sky; cat", "--device", "cuda:7"], "cuda"),
+        (["--classes", "sky; cat", "--pretrained", "/no/such/weights.pt"], "weights file not"),
+    ],
+)
+def test_setup_errors_exit_2_with_one_line(tmp_path, capsys, options, message):
+    image = save_rgb(tmp_path / "photo.png", random_rgb(0))
+    code = main(["segment", str(image), "--out", str(tmp_path / "out"), *options])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_aux_text_must_cover_every_class(tmp_path, capsys):
+    image = save_rgb(tmp_path / "photo.png", random_rgb(0))
+    aux = tmp_path / "aux.txt"
+    aux.write_text("cat >=a small furry pet\n")
+    options = ["--classes", "sky; cat; dog", "--preset", "voc21", "--aux-text", str(aux)]
+    code = main(["segment", str(image), *options])
+    assert code == EXIT_USAGE
+    assert "no line for 1 class(es): dog" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["segment", "image.png"],  # --classes is required
+        ["segment", "image.png", "--classes", "a; b", "--preset", "nope"],
+        ["segment", "image.png", "--classes", "a; b", "--stride", "0"],
+        ["evaluate", "--images", "x", "--classes", "a; b"],  # --labels is required
+        ["frobnicate"],
+    ],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    assert main(argv) == EXIT_USAGE
+    assert "usage: napari-itaclip" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["segment"], ["evaluate"], ["info"], ["cache"]])
+def test_help_everywhere(command, capsys):
+    assert main([*command, "--help"]) == EXIT_OK
+    assert "usage: napari-itaclip" in capsys.readouterr().out
+
+
+def test_folder_without_images_fails(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["segment", str(tmp_path / "empty"), "--classes", "a; b"]) == EXIT_FAILURES
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_outputs_go_to_tiff_above_256_classes_and_label_ids_are_class_ids(tmp_path):
+    names = [f"class {i}" for i in range(300)]
+    labels = np.arange(24 * 30, dtype=np.uint16).reshape(24, 30) % 300
+    result = SegmentationResult(
+        labels=labels,
+        probabilities=np.zeros((300, 24, 30), np.float32),
+        class_names=names,
+        background=False,
+        parameters={},
+    )
+    outputs = planned_outputs(tmp_path / "photo", {"png", "bundle"}, 300, overlay=True)
+    assert outputs["tif"] == tmp_path / "photo_labels.tif" and "png" not in outputs
+    write_outputs(outputs, result, random_rgb(0, (24, 30)), "photo.png")
+    np.testing.assert_array_equal(tifffile.imread(outputs["tif"]), labels)
+    assert load_bundle(outputs["bundle"]).label_image.max() == 300  # label ids: class id + 1
+    overlay = np.asarray(Image.open(outputs["overlay"]))
+    assert overlay.shape == (24, 30, 3)
+
+
+def test_overlay_blends_class_colours_and_leaves_background_bare():
+    rgb = np.array([[[0, 0, 0], [255, 255, 255], [10, 20, 30]]], np.uint8)
+    labels = np.array([[1, 1, 0]], np.uint8)
+    palette = np.array([[0, 0, 0], [200, 100, 0]], np.uint8)
+    with_background = overlay_image(rgb, labels, palette, background=True)
+    # 128/255 of the colour over 127/255 of the image, rounded.
+    np.testing.assert_array_equal(with_background[0, 0], [100, 50, 0])
+    np.testing.assert_array_equal(with_background[0, 1], [227, 177, 127])
+    np.testing.assert_array_equal(with_background[0, 2], [10, 20, 30])
+    without_background = overlay_image(rgb, labels, palette, background=False)
+    np.testing.assert_array_equal(without_background[0, 2], [5, 10, 15])
+
+
+def test_class_palette_with_background_starts_black():
+    np.testing.assert_array_equal(class_palette(3, background=True), class_colors_uint8(3))
+    np.testing.assert_array_equal(class_palette(3, background=True)[0], [0, 0, 0])
+
+
+def test_read_image_keeps_rgb_order_and_bit_depth(tmp_path):
+    red = np.zeros((4, 5, 3), np.uint8)
+    red[..., 0] = 255
+    assert read_image(save_rgb(tmp_path / "red.png", red))[0, 0].tolist() == [255, 0, 0]
+    deep = (np.arange(20, dtype=np.uint16) * 3000).reshape(4, 5)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    loaded = read_image(tmp_path / "deep.png")
+    assert loaded.dtype == np.uint16
+    np.testing.assert_array_equal(loaded, deep)
+    tifffile.imwrite(tmp_path / "stack.tif", red[None])
+    assert read_image(tmp_path / "stack.tif").shape == (4, 5, 3)
+
+
+def test_read_label_image_returns_palette_indices_and_rejects_colours(tmp_path):
+    indices = np.array([[0, 1], [15, 255]], np.uint8)
+    image = Image.fromarray(indices)
+    image.putpalette(class_colors_uint8(256).ravel().tolist())
+    image.save(tmp_path / "voc.png")
+    np.testing.assert_array_equal(read_label_image(tmp_path / "voc.png"), indices)
+    save_rgb(tmp_path / "colour.png", np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="mode RGB; .*class ids, not colours"):
+        read_label_image(tmp_path / "colour.png")
+
+
+# ----------------------------------------------------------------------------- evaluate
+@pytest.fixture(scope="module")
+def predicted_dataset(tmp_path_factory, tiny_weights):
+    """Two images in a Cityscapes-like layout and the tiny model's predictions for them.
+
+    Module-scoped (one segmentation run for every evaluate test), so it sets its own cache
+    folder: the per-test one does not exist yet.
+    """
+    folder = tmp_path_factory.mktemp("dataset")
+    images = folder / "leftImg8bit"
+    paths = [
+        save_rgb(images / "town" / f"town_{i}_leftImg8bit.png", random_rgb(10 + i))
+        for i in range(2)
+    ]
+    out = folder / "predictions"
+    files = ["--out", str(out), "--pretrained", str(tiny_weights)]
+    args = ["segment", *map(str, paths), "--classes", CLASSES, *files, "--no-overlay", "-q", *FAST]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NAPARI_ITACLIP_CACHE", str(folder / "cache"))
+        assert main(args) == EXIT_OK
+    predictions = [np.asarray(Image.open(out / f"{p.stem}_labels.png")) for p in paths]
+    return images, predictions
+
+
+def write_labels(folder: Path, truths: list[np.ndarray]) -> Path:
+    for i, truth in enumerate(truths):
+        path = folder / "town" / f"town_{i}_gtFine_labelTrainIds.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(truth.astype(np.uint8)).save(path)
+    return folder
+
+
+def evaluate_args(images, labels, json_path, model_args):
+    folders = ["--images", str(images), "--labels", str(labels), "--json", str(json_path)]
+    suffixes = ["--image-suffix", "_leftImg8bit.png", "--label-suffix", "_gtFine_labelTrainIds.png"]
+    return ["evaluate", *folders, *suffixes, "--classes", CLASSES, "-q", *model_args]
+
+
+def test_evaluate_ground_truth_equal_to_prediction_scores_one(
+    predicted_dataset, tmp_path, model_args, capsys
+):
+    images, predictions = predicted_dataset
+    labels = write_labels(tmp_path / "gtFine", predictions)
+    report_path = tmp_path / "metrics.json"
+    assert main(evaluate_args(images, labels, report_path, model_args)) == EXIT_OK
+    out = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0
+    assert report["images_evaluated"] == 2 and report["failed"] == []
+    for row in report["classes"]:
+        present = row["ground_truth_pixels"] > 0
+        assert row["iou"] == (1.0 if present else None)
+    assert "mIoU 100.00" in out and "2 images, 0 failed" in out
+
+
+def test_evaluate_accumulates_the_hand_built_confusion_matrix(
+    predicted_dataset, tmp_path, model_args
+):
+    images, (first, second) = predicted_dataset
+    # First image: the truth is the prediction, but its top 5 rows are ignored (255).
+    first_truth = first.copy()
+    first_truth[:5] = 255
+    # Second image: the top 10 rows are truly the next class (c + 1 mod 3) of the prediction c.
+    second_truth = second.copy()
+    second_truth[:10] = (second[:10] + 1) % N_CLASSES
+    expected = np.zeros((N_CLASSES, N_CLASSES), np.int64)
+    for c in range(N_CLASSES):
+        expected[c, c] = np.count_nonzero(first[5:] == c) + np.count_nonzero(second[10:] == c)
+        expected[(c + 1) % N_CLASSES, c] = np.count_nonzero(second[:10] == c)
+    labels = write_labels(tmp_path / "gtFine", [first_truth, second_truth])
+    report_path = tmp_path / "metrics.json"
+
+    assert main(evaluate_args(images, labels, report_path, model_args)) == EXIT_OK
+    report = json.loads(report_path.read_text())
+    np.testing.assert_array_equal(report["confusion_matrix"], expected)
+    assert report["miou"] == pytest.approx(mean_iou(expected))
+    counted = 40 * 50 * 2 - 5 * 50
+    assert report["pixel_accuracy"] == pytest.approx((counted - 10 * 50) / counted)
+    assert [row["ground_truth_pixels"] for row in report["classes"]] == expected.sum(1).tolist()
+
+
+def test_evaluate_with_id_list_limit_and_bad_ground_truth(
+    predicted_dataset, tmp_path, model_args, capsys
+):
+    images, (first, second) = predicted_dataset
+    bad = second.copy()
+    bad[0, 0] = 7  # not a class of the 3-class list, not the ignore index
+    labels = write_labels(tmp_path / "gtFine", [first, bad])
+    id_list = tmp_path / "val.txt"
+    id_list.write_text("town_1\ntown_0\ntown_9\n")
+    report_path = tmp_path / "metrics.json"
+    args = evaluate_args(images, labels, report_path, model_args) + ["--list", str(id_list)]
+
+    assert main(args) == EXIT_FAILURES
+    err = capsys.readouterr().err
+    assert "ids 7 that are neither class indices 0..2" in err
+    report = json.loads(report_path.read_text())
+    assert report["images_evaluated"] == 1
+    assert [failure["id"] for failure in report["failed"]] == ["town_1", "town_9"]
+    assert "no image file with this id" in report["failed"][1]["error"]
+    assert report["miou"] == 1.0
+
+    assert main([*args, "--limit", "1"]) == EXIT_FAILURES  # town_1 only: the bad one
+    assert json.loads(report_path.read_text())["images_evaluated"] == 0
+
+
+def test_evaluate_reduce_zero_label(predicted_dataset, tmp_path, model_args):
+    images, predictions = predicted_dataset
+    # Context-59 style: the stored ids are class id + 1 and 0 marks unlabelled pixels.
+    stored = [prediction + 1 for prediction in predictions]
+    stored[0][:3] = 0
+    labels = write_labels(tmp_path / "gtFine", stored)
+    report_path = tmp_path / "metrics.json"
+    args = evaluate_args(images, labels, report_path, model_args) + ["--reduce-zero-label"]
+    assert main(args) == EXIT_OK
+    report = json.loads(report_path.read_text())
+    assert report["miou"] == 1.0
+    assert sum(row["ground_truth_pixels"] for row in report["classes"]) == 2 * 40 * 50 - 3 * 50
+
+
+def test_evaluate_matching_problems_exit_2_before_loading_the_model(tmp_path, capsys):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    save_rgb(images / "a.png", random_rgb(0))
+    save_rgb(labels / "b.png", np.zeros((40, 50, 3), np.uint8))
+    folders = ["--images", str(images), "--labels", str(labels)]
+    args = ["evaluate", *folders, "--classes", "a; b", "--pretrained", "/no/such/weights.pt"]
+    assert main(args) == EXIT_USAGE
+    assert "no image under" in capsys.readouterr().err
+    save_rgb(images / "sub" / "a.jpg", random_rgb(0))
+    assert main(args) == EXIT_USAGE
+    assert "two files under" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ info and cache
+def test_info_names_versions_devices_cache_and_weights(tmp_path, tiny_weights, monkeypatch, capsys):
+    monkeypatch.setenv("NAPARI_ITACLIP_WEIGHTS", str(tiny_weights))
+    assert main(["info"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"napari-itaclip {__version__}" in out
+    devices = next(line for line in out.splitlines() if line.startswith("devices: "))
+    assert devices.endswith("cpu")
+    assert str(tmp_path / "cache" / "text") in out  # the test's NAPARI_ITACLIP_CACHE
+    assert f"{tiny_weights} (present)" in out
+
+
+def test_cache_shows_size_and_clears_only_text_features(tmp_path, capsys):
+    root = tmp_path / "cache"  # NAPARI_ITACLIP_CACHE of this test
+    (root / "text" / "model").mkdir(parents=True)
+    (root / "text" / "model" / "a.npy").write_bytes(b"x" * 2048)
+    (root / "other.txt").write_text("not ours")
+    assert main(["cache"]) == EXIT_OK
+    assert "1 files, 2.0 KB" in capsys.readouterr().out
+    assert main(["cache", "--clear"]) == EXIT_OK
+    assert not (root / "text").exists()
+    assert (root / "other.txt").exists()
+    assert main(["cache"]) == EXIT_OK
+    assert "0 files, 0 B" in capsys.readouterr().out.splitlines()[-1]
+
+
+# -------------------------------------------------------------------------- console script
+def console_script() -> Path:
+    script = Path(sys.executable).parent / (
+        "napari-itaclip.exe" if os.name == "nt" else "napari-itaclip"
+    )
+    if not script.exists():
+        pytest.skip("the napari-itaclip console script is not installed next to this python")
+    return script
+
+
+def test_console_script_runs_and_returns_the_exit_code(image_folder, tmp_path, tiny_weights):
+    script = console_script()
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
+    assert (version.returncode, version.stdout.strip()) == (0, f"napari-itaclip {__version__}")
+
+    images = [image_folder / "photo.png", image_folder / "broken.png"]
+    files = ["--out", tmp_path / "out", "--pretrained", tiny_weights]
+    argv = [script, "segment", *images, "--classes", CLASSES, *files, *FAST, "--debug"]
+    run = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert run.returncode == EXIT_FAILURES, run.stderr
+    assert "Traceback" in run.stderr  # --debug shows where the broken image failed
+    assert (tmp_path / "out" / "photo_labels.png").is_file()
