@@ -89,7 +89,7 @@ def test_small_bands_equal_one_band(tiny_clip, rgb_image):
     image = np.repeat(rgb_image, 4, axis=0)  # 240 rows: several 64-row bands with a 160-row halo
     one = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
     banded = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, band_memory_mb=1)
-    assert banded.band_rows(80, image.shape[1], 320, 1) < image.shape[0]
+    assert banded.band_rows(80, image.shape[1], 160, 1) < image.shape[0]
     a = one.segment(image, "voc21", preset="voc21", **SMALL)
     b = banded.segment(image, "voc21", preset="voc21", **SMALL)
     np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)

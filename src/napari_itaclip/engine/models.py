@@ -122,7 +122,9 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def cached_weights_path(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED) -> str | None:
+def cached_weights_path(
+    model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED
+) -> str | None:
     """The file open_clip would load these pretrained weights from without downloading, if any."""
     import open_clip
     from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives

@@ -28,7 +28,7 @@ from .models import (
     resolve_device,
     resolve_precision,
 )
-from .pamr import halo, pamr
+from .pamr import halo, pamr_affinity, pamr_iterate
 from .postprocess import (
     argmax_counts,
     class_probabilities,
@@ -52,7 +52,9 @@ from .windows import N_VIEWS, crop_views, sliding_windows, stitch_window, views_
 Progress = Callable[[int, int, str], None]
 
 # Working memory for one band of the refinement stage; bands are as tall as this allows.
-DEFAULT_BAND_MEMORY_MB = 1024
+DEFAULT_BAND_MEMORY_MB = 1536
+# Queries iterated together by PAMR inside a band.
+PAMR_QUERY_CHUNK = 8
 
 
 class ITACLIP:
@@ -323,11 +325,18 @@ class ITACLIP:
             return None
 
     # ---------------------------------------------------------------- refine
-    def band_rows(self, n_queries: int, width: int, extra_rows: int, factor: int) -> int:
-        """Output rows per band so that one band's working set fits band_memory_mb."""
-        bytes_per_row = width * 4 * (4 * n_queries + 24)
-        rows = self.band_memory_mb * 2**20 // bytes_per_row - extra_rows
-        rows = max(rows, 64)
+    def band_rows(self, n_queries: int, width: int, margin: int, factor: int) -> int:
+        """Output rows per band so that one band's working set fits band_memory_mb.
+
+        A band holds the refined logits and probabilities of its own rows for all queries,
+        and, over the band plus its halo, the image, the affinities and one chunk of
+        PAMR_QUERY_CHUNK queries being iterated.
+        """
+        per_core_row = 2 * n_queries
+        per_halo_row = 25 + 3 * min(n_queries, PAMR_QUERY_CHUNK) if margin else 0
+        budget_rows = self.band_memory_mb * 2**20 // (4 * width)
+        rows = (budget_rows - per_halo_row * 2 * margin) // (per_core_row + per_halo_row)
+        rows = max(rows, 64, margin // 2)
         return max(factor, rows // factor * factor)
 
     def refine(
@@ -346,19 +355,25 @@ class ITACLIP:
         n_classes = len(class_list)
         query_class = torch.tensor(class_list.query_class, device=self.device)
         margin = halo(params.pamr_steps, params.pamr_dilations)
-        rows = self.band_rows(logits.shape[0], width, 2 * margin, factor)
+        rows = self.band_rows(logits.shape[0], width, margin, factor)
         bands = [(y, min(y + rows, height)) for y in range(0, height, rows)]
         out_h, out_w = math.ceil(height / factor), math.ceil(width / factor)
         probabilities = np.empty((n_classes, out_h, out_w), np.float32)
         labels = np.empty((height, width), label_dtype(n_classes))
 
         def band_probabilities(y0: int, y1: int) -> torch.Tensor:
+            if not params.pamr_steps:
+                band = upsample_rows(logits, size, y0, y1)
+                return class_probabilities(band, query_class, n_classes, params.logit_scale)
+            # PAMR over the band plus its halo; queries are independent given the affinities,
+            # so they are iterated a chunk at a time and only the band's own rows are kept.
             e0, e1 = max(0, y0 - margin), min(height, y1 + margin)
-            band = upsample_rows(logits, size, e0, e1)
-            if params.pamr_steps:
-                band_image = upsample_rows(normalised, size, e0, e1)
-                band = pamr(band_image, band, params.pamr_steps, params.pamr_dilations)
-            band = band[:, y0 - e0 : y1 - e0]
+            affinity = pamr_affinity(upsample_rows(normalised, size, e0, e1), params.pamr_dilations)
+            band = torch.empty((logits.shape[0], y1 - y0, width), device=self.device)
+            for q0 in range(0, logits.shape[0], PAMR_QUERY_CHUNK):
+                chunk = upsample_rows(logits[q0 : q0 + PAMR_QUERY_CHUNK], size, e0, e1)
+                chunk = pamr_iterate(chunk, affinity, params.pamr_dilations, params.pamr_steps)
+                band[q0 : q0 + PAMR_QUERY_CHUNK] = chunk[:, y0 - e0 : y1 - e0]
             return class_probabilities(band, query_class, n_classes, params.logit_scale)
 
         two_pass = params.area_thd is not None
