@@ -47,7 +47,9 @@ def text_tower_fingerprint(model) -> str:
         if name.startswith("visual.") or name == "logit_scale":
             continue
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        # The raw bytes through the buffer protocol: no copy, and hashlib releases the GIL,
+        # so a GUI thread stays responsive while a worker hashes.
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 

@@ -1,0 +1,271 @@
+"""The notebook API (`segment_layer`) and the plane reading behind it, with the tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_itaclip import segment_layer
+from napari_itaclip.api import LayerPlanes, auto_probability_downsample, segment_planes
+from napari_itaclip.bundle import save_bundle
+
+CLASSES = ["background", "cat", "dog, puppy"]
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """One torch thread: on a small shared machine a busy core stalls torch's OpenMP team at
+    every op (the tiny model then takes ~1 s instead of ~15 ms per image)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+FAST = {"preset": "fast", "background": True, "short_side": 64, "progress": False}
+
+
+class RecordingSegmenter:
+    """Passes calls to a real ITACLIP and keeps the images it was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.images = []
+
+    def segment(self, image, classes, **kwargs):
+        self.images.append(np.array(image))
+        return self.inner.segment(image, classes, **kwargs)
+
+
+@pytest.fixture
+def viewer():
+    """napari's viewer model: the same layer list and dims as a viewer, without Qt (faster)."""
+    from napari.components import ViewerModel
+
+    return ViewerModel()
+
+
+def test_segment_layer_adds_the_layers(viewer, segmenter, rgb_image):
+    image = viewer.add_image(rgb_image, name="photo", scale=(2, 3), translate=(4, 5))
+    added = segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, **FAST)
+    names = [layer.name for layer in added]
+    assert names == ["photo p(background)", "photo p(cat)", "photo p(dog)", "photo labels"]
+    assert all(layer in viewer.layers for layer in added)
+    labels = viewer.layers["photo labels"]
+    assert labels.data.shape == rgb_image.shape[:2]
+    assert set(np.unique(labels.data)) <= {0, 1, 2}
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, image.translate)
+    parameters = labels.metadata["itaclip"]["parameters"]
+    assert parameters["short_side"] == 64
+    assert parameters["classes"] == "background\ncat\ndog, puppy"
+    assert parameters["source_layer"] == "photo"
+    # the layers hold exactly what the engine returns for the same call
+    options = {k: v for k, v in FAST.items() if k != "progress"}
+    direct = segmenter.segment(rgb_image, CLASSES, **options)
+    np.testing.assert_array_equal(labels.data, direct.labels)
+    probabilities = np.stack(
+        [viewer.layers[f"photo p({c})"].data for c in ("background", "cat", "dog")]
+    )
+    np.testing.assert_allclose(probabilities, direct.probabilities, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.random.default_rng(1).integers(0, 255, (40, 50, 4), dtype=np.uint8),  # RGBA
+        np.random.default_rng(2).integers(0, 255, (40, 50), dtype=np.uint8),
+        np.random.default_rng(3).integers(0, 60000, (40, 50), dtype=np.uint16),
+        np.random.default_rng(4).random((40, 50), dtype=np.float32) * 7 - 3,
+    ],
+    ids=["rgba", "grey-uint8", "grey-uint16", "grey-float"],
+)
+def test_image_kinds(viewer, segmenter, image):
+    layer = viewer.add_image(image, name="input")
+    assert layer.rgb == (image.ndim == 3)
+    [*_, labels] = segment_layer(viewer, layer, CLASSES, segmenter=segmenter, **FAST)
+    assert labels.data.shape == (40, 50)
+
+
+def test_channels_mapped_to_rgb(viewer, segmenter):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 4000, (4, 40, 50), dtype=np.uint16)  # (C, Y, X)
+    viewer.add_image(data, name="channels", scale=(9, 2, 3))
+    recording = RecordingSegmenter(segmenter)
+    [*_, labels] = segment_layer(
+        viewer, "channels", CLASSES, segmenter=recording, channel_axis=0, channels=[3, 1], **FAST
+    )
+    [given] = recording.images
+    np.testing.assert_array_equal(given[..., 0], data[3])
+    np.testing.assert_array_equal(given[..., 1], data[1])
+    assert not given[..., 2].any()
+    assert labels.data.shape == (40, 50)
+    np.testing.assert_allclose(labels.scale, (2, 3))  # the channel axis is gone
+
+
+def test_stack_all_planes_gives_one_stacked_layer(viewer, segmenter):
+    stack = np.random.default_rng(0).integers(0, 255, (3, 40, 50), dtype=np.uint8)
+    stack[1] = 0  # a distinct plane, to see it was segmented on its own
+    viewer.add_image(stack, name="stack", scale=(5, 1, 1))
+    recording = RecordingSegmenter(segmenter)
+    added = segment_layer(viewer, "stack", CLASSES, segmenter=recording, planes="all", **FAST)
+    assert len(recording.images) == 3
+    assert not recording.images[1].any()
+    labels = added[-1]
+    assert labels.data.shape == (3, 40, 50)
+    assert added[0].data.shape == (3, 40, 50)
+    np.testing.assert_allclose(labels.scale, (5, 1, 1))
+    assert len(added) == 4
+
+
+def test_stack_current_plane_is_placed_at_its_plane(viewer, segmenter):
+    stack = np.random.default_rng(0).integers(0, 255, (4, 40, 50), dtype=np.uint8)
+    viewer.add_image(stack, name="stack", scale=(5, 1, 1), translate=(100, 0, 0))
+    viewer.dims.set_point(0, 100 + 2 * 5)  # world z of plane 2
+    recording = RecordingSegmenter(segmenter)
+    [*_, labels] = segment_layer(
+        viewer, "stack", CLASSES, segmenter=recording, planes="current", **FAST
+    )
+    [given] = recording.images
+    np.testing.assert_array_equal(given, stack[2])
+    assert labels.data.shape == (1, 40, 50)
+    np.testing.assert_allclose(labels.translate, (110, 0, 0))
+
+
+class PlaneSpy:
+    """An array-like that records what is read from it (for a dask array built on top)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+        self.reads = []
+
+    def __getitem__(self, key):
+        block = self.data[key]
+        self.reads.append(block.size)
+        return block
+
+
+def test_dask_stack_is_read_plane_by_plane(segmenter):
+    import dask.array as da
+    from napari.layers import Image
+
+    spy = PlaneSpy(np.random.default_rng(0).integers(0, 255, (5, 40, 50), dtype=np.uint8))
+    layer = Image(da.from_array(spy, chunks=(1, 40, 50)), contrast_limits=(0, 255), name="lazy")
+    spy.reads.clear()
+    planes = LayerPlanes.from_layer(layer, position="all")
+    result = segment_planes(
+        segmenter, planes, CLASSES, **{k: v for k, v in FAST.items() if k != "progress"}
+    )
+    assert result.labels.shape == (5, 40, 50)
+    assert spy.reads and max(spy.reads) == 40 * 50  # never more than one plane at a time
+    assert sum(spy.reads) == 5 * 40 * 50
+
+
+def test_large_probabilities_are_downsampled(viewer, segmenter, rgb_image, monkeypatch):
+    import napari_itaclip.api as api
+
+    assert auto_probability_downsample(3, 1, 60, 80) == 1
+    monkeypatch.setattr(api, "PROBABILITY_BUDGET_BYTES", 3 * 15 * 20 * 4)
+    assert auto_probability_downsample(3, 1, 60, 80) == 4
+    viewer.add_image(rgb_image, name="photo", scale=(2, 2))
+    added = segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, **FAST)
+    assert added[0].data.shape == (15, 20)
+    np.testing.assert_allclose(added[0].scale, (8, 8))
+    assert added[-1].data.shape == (60, 80)
+
+
+def test_rerun_replaces_an_unedited_result_in_place(viewer, segmenter, rgb_image):
+    viewer.add_image(rgb_image, name="photo")
+    first = segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, **FAST)
+    first[-1].opacity = 0.3  # a display setting the user chose
+    viewer.add_points(name="annotations")
+    second = segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, stride=32, **FAST)
+    assert [layer.name for layer in viewer.layers] == [
+        "photo", "photo p(background)", "photo p(cat)", "photo p(dog)", "photo labels", "annotations",
+    ]  # fmt: skip
+    assert second[-1].opacity == 0.3
+    assert second[-1].metadata["itaclip"]["parameters"]["stride"] == 32
+
+
+def test_rerun_with_other_classes_keeps_the_layer_position(viewer, segmenter, rgb_image):
+    viewer.add_image(rgb_image, name="photo")
+    segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, **FAST)
+    viewer.add_points(name="annotations")
+    segment_layer(viewer, "photo", ["background", "cat"], segmenter=segmenter, **FAST)
+    assert [layer.name for layer in viewer.layers] == [
+        "photo", "photo p(background)", "photo p(cat)", "photo labels", "annotations",
+    ]  # fmt: skip
+
+
+def test_rerun_never_replaces_corrections(viewer, segmenter, rgb_image):
+    viewer.add_image(rgb_image, name="photo")
+    [*_, labels] = segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, **FAST)
+    labels.data[0, 0] = (labels.data[0, 0] + 1) % 3  # a correction
+    labels.refresh()
+    corrected = labels.data.copy()
+    [*_, new] = segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, **FAST)
+    assert new.name == "photo labels [1]"
+    np.testing.assert_array_equal(viewer.layers["photo labels"].data, corrected)
+    assert "photo p(cat) [1]" in viewer.layers
+    # the numbered, unedited result is the one a third run replaces
+    segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, **FAST)
+    assert sum(layer.name.startswith("photo labels") for layer in viewer.layers) == 2
+
+
+def test_rerun_keeps_a_result_loaded_from_a_file(viewer, segmenter, rgb_image, tmp_path):
+    from napari_itaclip.engine.result import SegmentationResult
+
+    viewer.add_image(rgb_image, name="photo")
+    result = SegmentationResult(
+        labels=np.zeros(rgb_image.shape[:2], np.uint8),
+        probabilities=np.zeros((2, *rgb_image.shape[:2]), np.float32),
+        class_names=["background", "cat"],
+        background=True,
+        parameters={},
+    )
+    from napari.layers import Layer
+
+    from napari_itaclip._reader import get_reader
+
+    path = str(save_bundle(tmp_path / "photo", result, name="photo"))
+    for item in get_reader(path)(path):
+        viewer.add_layer(Layer.create(*item))
+    segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, **FAST)
+    assert not viewer.layers["photo labels"].data.any()  # the loaded one, untouched
+    assert "photo labels [1]" in viewer.layers
+
+
+def test_bad_input_raises_clear_errors(viewer, segmenter, rgb_image):
+    viewer.add_image(rgb_image, name="photo")
+    viewer.add_labels(np.zeros((4, 4), np.uint8), name="mask")
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        segment_layer(viewer, "nope", CLASSES, segmenter=segmenter, **FAST)
+    with pytest.raises(TypeError, match="not an Image"):
+        segment_layer(viewer, "mask", CLASSES, segmenter=segmenter, **FAST)
+    with pytest.raises(ValueError, match="duplicate class name"):
+        segment_layer(viewer, "photo", ["background", "cat", "Cat"], segmenter=segmenter, **FAST)
+    with pytest.raises(ValueError, match="RGB"):
+        segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, channel_axis=0, **FAST)
+    assert [layer.name for layer in viewer.layers] == ["photo", "mask"]
+
+
+def test_segmenter_made_from_options(viewer, tiny_weights, rgb_image):
+    viewer.add_image(rgb_image, name="photo")
+    added = segment_layer(
+        viewer, "photo", CLASSES, pretrained=str(tiny_weights), device="cpu", **FAST
+    )
+    info = added[-1].metadata["itaclip"]["parameters"]
+    assert info["model"].startswith("file:") and info["model"].endswith(
+        f"{tiny_weights.stat().st_size}:{tiny_weights.stat().st_mtime_ns}"
+    )
+    assert info["device"] == "cpu"
+
+
+def test_result_to_layer_data_is_exported():
+    import napari_itaclip
+
+    assert callable(napari_itaclip.result_to_layer_data)
+    assert callable(napari_itaclip.segment_layer)

@@ -1,0 +1,159 @@
+"""Result bundles (`*.itaclip.npz`): save/load, the napari reader and writer, round trips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_itaclip._reader import get_reader
+from napari_itaclip._writer import write_labels
+from napari_itaclip.bundle import check_bundle, load_bundle, save_bundle
+from napari_itaclip.colors import class_colors
+from napari_itaclip.layers import result_to_layer_data
+from test_layers import make_result
+
+
+def test_save_load_round_trip(tmp_path):
+    result = make_result(["road", "car", "tree"], background=False, shape=(2, 9, 7), factor=2)
+    path = save_bundle(tmp_path / "scene", result, geometry={"scale": [1, 2, 3]}, name="scene")
+    assert path.name == "scene.itaclip.npz"
+    bundle = load_bundle(path)
+    # stored labels are label ids: class id + 1 without background
+    np.testing.assert_array_equal(bundle.label_image, result.labels + 1)
+    np.testing.assert_array_equal(bundle.probabilities, result.probabilities)
+    assert bundle.probabilities.shape == (3, 2, 5, 4)
+    assert bundle.class_names == ["road", "car", "tree"]
+    assert bundle.background is False
+    assert bundle.probability_factor == 2
+    assert bundle.parameters == result.parameters
+    assert bundle.geometry == {"scale": [1, 2, 3]}
+    assert bundle.name == "scene"
+    np.testing.assert_allclose(bundle.colors, class_colors(4))
+
+
+def test_the_file_is_plain_npz_with_json_entries(tmp_path):
+    path = save_bundle(tmp_path / "a.itaclip.npz", make_result(["bg", "a"], True))
+    with np.load(path, allow_pickle=False) as npz:
+        assert set(npz.files) == {
+            "labels",
+            "probabilities",
+            "class_names",
+            "colors",
+            "parameters",
+            "meta",
+        }
+        meta = json.loads(str(npz["meta"]))
+    assert meta["format"] == "napari-itaclip result bundle"
+    assert meta["version"] == 1
+    assert meta["label_offset"] == 0
+
+
+def test_save_rejects_labels_outside_the_class_ids(tmp_path):
+    result = make_result(["bg", "a"], True)
+    with pytest.raises(ValueError, match="id 5"):
+        save_bundle(tmp_path / "x", result, labels=np.full(result.labels.shape, 5, np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        save_bundle(tmp_path / "x", result, labels=np.zeros((2, 2), np.uint8))
+
+
+def test_reader_returns_none_for_files_it_does_not_own(tmp_path):
+    other = tmp_path / "other.npz"
+    np.savez(other, labels=np.zeros((3, 3)))
+    assert get_reader(str(other)) is None
+    impostor = tmp_path / "impostor.itaclip.npz"
+    np.savez(impostor, labels=np.zeros((3, 3)))
+    assert get_reader(str(impostor)) is None
+    garbage = tmp_path / "garbage.itaclip.npz"
+    garbage.write_bytes(b"not a zip file")
+    assert get_reader(str(garbage)) is None
+    assert get_reader(str(tmp_path / "missing.itaclip.npz")) is None
+    assert get_reader([str(other), str(impostor)]) is None
+
+
+def test_reader_rejects_arrays_that_do_not_match(tmp_path):
+    result = make_result(["bg", "a", "b"], True)
+    path = save_bundle(tmp_path / "good", result)
+    assert get_reader(str(path)) is not None
+    with np.load(path, allow_pickle=False) as npz:
+        entries = dict(npz)
+    entries["probabilities"] = entries["probabilities"][:2]  # 2 maps for 3 classes
+    bad = tmp_path / "bad.itaclip.npz"
+    np.savez_compressed(bad, **entries)
+    with pytest.raises(ValueError, match="probabilities have shape"):
+        check_bundle(bad)
+    assert get_reader(str(bad)) is None
+
+
+def labels_layer_of(result, source=None):
+    from napari.layers import Layer
+
+    return Layer.create(*result_to_layer_data(result, source)[-1])
+
+
+def test_writer_saves_corrections_and_reader_restores_layers(tmp_path):
+    from napari.layers import Image, Layer
+
+    source = Image(
+        np.zeros((6, 8, 3), np.uint8), rgb=True, name="photo", scale=(2, 3), translate=(5, 7)
+    )
+    result = make_result(["background", "cat", "dog"], True, factor=2)
+    original = result.labels.copy()
+    labels = labels_layer_of(result, source)
+    labels.data[0, :4] = 2  # the user's correction
+    data, meta, kind = labels.as_layer_data_tuple()
+    assert kind == "labels"
+    [written] = write_labels(str(tmp_path / "photo"), data, meta)
+    assert written.endswith("photo.itaclip.npz")
+
+    reader = get_reader(written)
+    assert reader is not None
+    layers = {layer.name: layer for layer in (Layer.create(*item) for item in reader(written))}
+    assert set(layers) == {"photo labels", "photo p(background)", "photo p(cat)", "photo p(dog)"}
+    restored = layers["photo labels"]
+    assert restored.data[0, :4].tolist() == [2, 2, 2, 2]
+    np.testing.assert_array_equal(restored.data[1:], original[1:])
+    np.testing.assert_allclose(restored.scale, (2, 3))
+    np.testing.assert_allclose(restored.translate, (5, 7))
+    np.testing.assert_allclose(
+        restored.colormap.map(np.arange(3)), labels.colormap.map(np.arange(3))
+    )
+    assert list(restored.features["class"]) == ["background", "cat", "dog"]
+    assert restored.metadata["itaclip"]["parameters"] == result.parameters
+    prob = layers["photo p(dog)"]
+    np.testing.assert_array_equal(prob.data, result.probabilities[2])
+    np.testing.assert_allclose(prob.scale, (4, 6))  # factor 2 kept on reading
+
+
+def test_writer_refuses_labels_not_made_here(tmp_path):
+    from napari.layers import Labels
+
+    data, meta, _ = Labels(np.zeros((4, 4), np.uint8), name="manual").as_layer_data_tuple()
+    with pytest.raises(ValueError, match="not made by napari-itaclip"):
+        write_labels(str(tmp_path / "manual.itaclip.npz"), data, meta)
+
+
+@pytest.mark.gui
+def test_viewer_save_and_open_through_the_plugin(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    source = viewer.add_image(np.zeros((6, 8), np.uint8), name="cells", scale=(0.5, 0.5))
+    result = make_result(["background", "nucleus"], True)
+    from napari.layers import Layer
+
+    for item in result_to_layer_data(result, source):
+        viewer.add_layer(Layer.create(*item))
+    viewer.layers["cells labels"].data[2, 2] = 0
+    path = str(tmp_path / "cells.itaclip.npz")
+    viewer.layers.selection = {viewer.layers["cells labels"]}
+    saved = viewer.layers.save(path, selected=True, plugin="napari-itaclip")
+    assert saved == [path]
+    viewer.layers.clear()
+    opened = viewer.open(path, plugin="napari-itaclip")
+    assert [layer.name for layer in opened] == [
+        "cells p(background)",
+        "cells p(nucleus)",
+        "cells labels",
+    ]
+    assert viewer.layers["cells labels"].data[2, 2] == 0
+    np.testing.assert_allclose(viewer.layers["cells labels"].scale, (0.5, 0.5))

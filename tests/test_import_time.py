@@ -1,0 +1,40 @@
+"""Importing the package (as napari does at startup) must stay fast and light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+MEASURE = """
+import json, sys, time
+start = time.perf_counter()
+import napari_itaclip
+elapsed = time.perf_counter() - start
+light = sorted(m for m in ("torch", "open_clip", "napari", "qtpy", "cv2") if m in sys.modules)
+import napari_itaclip._reader, napari_itaclip._writer, napari_itaclip._sample_data
+import napari_itaclip.bundle, napari_itaclip.colors, napari_itaclip.layers, napari_itaclip.api
+heavy = sorted(m for m in ("torch", "open_clip") if m in sys.modules)
+print(json.dumps({"seconds": elapsed, "package": light, "modules": heavy}))
+"""
+
+
+def measure() -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE], capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_import_is_fast_and_imports_no_heavy_dependency():
+    # best of three: the first run may pay for a cold disk cache
+    runs = [measure() for _ in range(3)]
+    seconds = min(run["seconds"] for run in runs)
+    print(f"\nimport napari_itaclip: {seconds * 1000:.1f} ms")
+    assert seconds < 0.5
+    assert runs[0]["package"] == []  # not even napari or Qt
+
+
+def test_reader_writer_samples_and_api_modules_do_not_import_torch():
+    # napari imports these when opening a file or a sample; torch loads only for a run
+    assert measure()["modules"] == []
