@@ -201,7 +201,33 @@ def test_weights_env_variable_replaces_default(monkeypatch, tiny_weights):
     assert ITACLIP(device="cpu", cache_dir=False).model_identity.startswith("file:")
 
 
-def test_out_of_memory_halves_the_chunk_and_goes_on(tiny_clip, rgb_image, monkeypatch):
+@pytest.fixture
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cpu_batches_split_across_cores_give_the_same_result(tiny_clip, rgb_image):
+    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
+    windows = {"short_side": 64, "crop": 32, "stride": 16}
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
+        torch.set_num_threads(3)
+        split = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
+        assert torch.get_num_threads() == 3  # restored after the encoder stage
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(split.probabilities, single.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(split.labels, single.labels)
+
+
+def test_out_of_memory_halves_the_chunk_and_goes_on(
+    tiny_clip, rgb_image, monkeypatch, one_torch_thread
+):
     from napari_itaclip.engine import segmenter as segmenter_module
 
     seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, batch_size=20)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -289,29 +291,59 @@ class ITACLIP:
         canvas = torch.zeros((text.shape[0], h, w), device=self.device)
         count = torch.zeros((h, w), device=self.device)
         done = 0
-        while done < len(windows):
-            checkpoint()
-            views = N_VIEWS if params.image_engineering else 1
-            chunk = windows[done : done + max(1, self.batch_size // views)]
-            crops = torch.stack([normalised[:, win.y0 : win.y1, win.x0 : win.x1] for win in chunk])
-            grid_logits = self._encode_windows(crops, text, params)
-            if grid_logits is None:  # out of memory: batch_size was halved, retry the chunk
-                continue
-            for window, crop_logits in zip(chunk, grid_logits, strict=False):
-                stitch_window(canvas, count, crop_logits, window)
-            done += len(chunk)
-            report(done, len(windows), "encoder")
+        with self._cpu_data_parallel() as encode:
+            while done < len(windows):
+                checkpoint()
+                views = N_VIEWS if params.image_engineering else 1
+                chunk = windows[done : done + max(1, self.batch_size // views)]
+                crops = torch.stack(
+                    [normalised[:, win.y0 : win.y1, win.x0 : win.x1] for win in chunk]
+                )
+                grid_logits = self._encode_windows(encode, crops, text, params)
+                if grid_logits is None:  # out of memory: batch_size was halved, retry the chunk
+                    continue
+                for window, crop_logits in zip(chunk, grid_logits, strict=True):
+                    stitch_window(canvas, count, crop_logits, window)
+                done += len(chunk)
+                report(done, len(windows), "encoder")
         return canvas / count
 
-    def _encode_windows(self, crops, text, params: Preset):
+    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        # Inference and autocast modes are per thread, so every worker thread enters them.
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            return encode_dense(self.model.visual, images)
+
+    @contextmanager
+    def _cpu_data_parallel(self):
+        """Yield the function that encodes a batch of images.
+
+        On a multi-core CPU a batch is split across the cores, one torch thread each: the
+        encoder's per-image matrices and element-wise steps scale better that way than with
+        every operation split across threads (see docs/performance.md). Images are
+        independent, so the result is the same. Other devices encode directly.
+        """
+        threads = torch.get_num_threads()
+        if self.device.type != "cpu" or threads < 2:
+            yield self._encode_images
+            return
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(threads, thread_name_prefix="itaclip-encoder") as pool:
+
+                def encode(images: torch.Tensor) -> torch.Tensor:
+                    parts = images.tensor_split(min(threads, len(images)))
+                    return torch.cat(list(pool.map(self._encode_images, parts)))
+
+                yield encode
+        finally:
+            torch.set_num_threads(threads)
+
+    def _encode_windows(self, encode, crops, text, params: Preset):
         grid = tuple(
-            s // p for s, p in zip(crops.shape[-2:], patch_size(self.model.visual), strict=False)
+            s // p for s, p in zip(crops.shape[-2:], patch_size(self.model.visual), strict=True)
         )
         try:
-            with autocast(self.device, self.precision):
-                tokens = encode_dense(
-                    self.model.visual, crop_views(crops, params.image_engineering)
-                )
+            tokens = encode(crop_views(crops, params.image_engineering))
             return views_to_grid_logits(tokens, text, grid, params.image_engineering, params.c_img)
         except torch.cuda.OutOfMemoryError:
             views = N_VIEWS if params.image_engineering else 1
