@@ -180,7 +180,7 @@ def naive_window_logits(seg, normalised, text, params):
     return canvas / count
 
 
-def scenario_segment(device: str, naive: bool) -> dict:
+def scenario_segment(device: str, naive: bool, rounds: int) -> dict:
     import torch
 
     from napari_itaclip.engine import image as image_stage
@@ -213,17 +213,31 @@ def scenario_segment(device: str, naive: bool) -> dict:
             normalised = image_stage.normalise(
                 image_stage.resize_short_side(image, params.short_side)
             )[0].to(seg.device)
-            start = time.perf_counter()
-            batched = seg.window_logits(normalised, text, params, lambda *a: None, lambda: None)
-            sync(device)
-            batched_s = time.perf_counter() - start
-            start = time.perf_counter()
-            looped = naive_window_logits(seg, normalised, text, params)
-            sync(device)
-            naive_s = time.perf_counter() - start
+
+            def batched():
+                return seg.window_logits(normalised, text, params, lambda *a: None, lambda: None)
+
+            def looped():
+                return naive_window_logits(seg, normalised, text, params)
+
+            # Shared machines drift: alternate the two, swapping the order every round, and
+            # compare medians.
+            times = {"batched": [], "naive": []}
+            outputs = {}
+            for round_ in range(rounds):
+                order = [("batched", batched), ("naive", looped)]
+                for name, run in order if round_ % 2 == 0 else order[::-1]:
+                    start = time.perf_counter()
+                    logits = run()
+                    sync(device)
+                    times[name].append(time.perf_counter() - start)
+                    outputs[name] = logits
+        batched_s, naive_s = (float(np.median(times[k])) for k in ("batched", "naive"))
+        out["batched_encoder_s_rounds"] = times["batched"]
+        out["naive_encoder_s_rounds"] = times["naive"]
         out["naive_encoder_s"] = naive_s
         out["batched_encoder_s"] = batched_s
-        out["naive_max_abs_diff"] = float((batched - looped).abs().max())
+        out["naive_max_abs_diff"] = float((outputs["batched"] - outputs["naive"]).abs().max())
         out["speedup_vs_naive_encoder"] = naive_s / batched_s
         other = result.timings["total"] - result.timings["encoder"]
         out["speedup_vs_naive_total"] = (naive_s + other) / (batched_s + other)
@@ -251,7 +265,7 @@ def run_scenario(name: str, args) -> dict:
     if name == "text":
         return scenario_text(args.device, args.full_sample)
     if name == "segment":
-        return scenario_segment(args.device, not args.skip_naive)
+        return scenario_segment(args.device, not args.skip_naive, args.rounds)
     if name == "memory":
         return scenario_whole_run(args.device, (480, 640), "coco_stuff")
     if name == "large":
@@ -272,6 +286,12 @@ def main(argv=None) -> int:
         help="fraction of prompts encoded at full length for the text baseline",
     )
     parser.add_argument("--skip-naive", action="store_true", help="skip the naive-loop comparison")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="segment scenario: alternating batched/naive rounds (medians are compared)",
+    )
     parser.add_argument("--json", type=Path, help="write all results to this JSON file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one scenario in-process
     args = parser.parse_args(argv)
@@ -294,6 +314,8 @@ def main(argv=None) -> int:
             args.device,
             "--full-sample",
             str(args.full_sample),
+            "--rounds",
+            str(args.rounds),
         ] + (["--skip-naive"] if args.skip_naive else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

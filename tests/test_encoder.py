@@ -8,12 +8,13 @@ import torch.nn.functional as F
 
 from napari_itaclip.engine.encoder import (
     INTERMEDIATE_BLOCKS,
-    block_with_csa,
     check_supported,
     encode_dense,
+    pack_linear_weights,
     positional_embedding,
     qkv,
     self_self_attention,
+    transformer_block,
 )
 
 
@@ -30,14 +31,40 @@ def test_intermediate_blocks_are_7_8_10_one_based():
     assert tuple(i + 1 for i in INTERMEDIATE_BLOCKS) == (7, 8, 10)
 
 
-def test_block_with_csa_runs_the_block_unchanged(tiny_clip):
+def test_transformer_block_equals_open_clip_block_and_returns_csa_on_request(tiny_clip):
     block = tiny_clip.visual.transformer.resblocks[6]
     x = torch.randn(2, 197, 128)
     with torch.no_grad():
-        out, csa = block_with_csa(block, x)
+        out, csa = transformer_block(block, x, with_csa=True)
         torch.testing.assert_close(out, block(x), atol=1e-5, rtol=1e-5)
         q, k, _ = qkv(block, x)
         torch.testing.assert_close(csa, self_self_attention(q, k))
+        plain, none = transformer_block(block, x)
+        assert none is None
+        torch.testing.assert_close(plain, out)
+
+
+def test_transformer_block_uses_the_blocks_own_activation_when_not_quickgelu(tiny_clip):
+    block = copy.deepcopy(tiny_clip.visual.transformer.resblocks[0])
+    block.mlp.gelu = torch.nn.GELU()
+    x = torch.randn(1, 197, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(transformer_block(block, x)[0], block(x), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_weights_keep_values_shapes_and_results(tiny_clip):
+    visual = copy.deepcopy(tiny_clip.visual)
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        before = encode_dense(visual, images)
+        state = {k: v.clone() for k, v in visual.state_dict().items()}
+        pack_linear_weights(visual)
+        fc = visual.transformer.resblocks[0].mlp.c_fc.weight
+        assert fc.shape == (512, 128) and fc.t().is_contiguous()
+        assert visual.transformer.resblocks[0].attn.in_proj_weight.t().is_contiguous()
+        for name, value in visual.state_dict().items():
+            torch.testing.assert_close(value, state[name], atol=0, rtol=0)
+        torch.testing.assert_close(encode_dense(visual, images), before, atol=1e-5, rtol=1e-5)
 
 
 def test_positional_embedding_kept_for_model_grid_and_resized_otherwise(tiny_clip):
@@ -106,3 +133,7 @@ def test_unsupported_models_are_refused(tiny_clip):
         check_supported(shallow)
     with pytest.raises(ValueError, match="VisionTransformer"):
         check_supported(torch.nn.Linear(2, 2))
+    custom = copy.deepcopy(tiny_clip.visual)
+    del custom.transformer.resblocks[3].mlp.c_proj
+    with pytest.raises(ValueError, match="without mlp.c_proj"):
+        check_supported(custom)

@@ -221,7 +221,8 @@ def test_cpu_batches_split_across_cores_give_the_same_result(tiny_clip, rgb_imag
         assert torch.get_num_threads() == 3  # restored after the encoder stage
     finally:
         torch.set_num_threads(threads)
-    np.testing.assert_allclose(split.probabilities, single.probabilities, atol=1e-6)
+    # Matrix-product blocking depends on the batch size, so the last bits may differ.
+    np.testing.assert_allclose(split.probabilities, single.probabilities, atol=1e-5)
     np.testing.assert_array_equal(split.labels, single.labels)
 
 

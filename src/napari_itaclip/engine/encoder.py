@@ -31,11 +31,21 @@ def check_supported(visual) -> None:
             f"ITACLIP fuses blocks 7, 8 and 10 into the last block, so the image tower needs at "
             f"least {max(INTERMEDIATE_BLOCKS) + 2} blocks; this one has {len(blocks)}"
         )
+    parts = ("ln_1", "ls_1", "ln_2", "ls_2", "mlp.c_fc", "mlp.gelu", "mlp.c_proj")
     for block in blocks:
-        if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
+        missing = [p for p in parts if _get_path(block, p) is None]
+        if missing or not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
             raise ValueError(
-                "ITACLIP needs blocks with nn.MultiheadAttention (open_clip's default)"
+                "ITACLIP needs open_clip's standard ResidualAttentionBlock (nn.MultiheadAttention "
+                f"and an MLP); got {type(block).__name__}"
+                + (f" without {', '.join(missing)}" if missing else "")
             )
+
+
+def _get_path(module, path: str):
+    for name in path.split("."):
+        module = getattr(module, name, None)
+    return module
 
 
 def patch_size(visual) -> tuple[int, int]:
@@ -86,22 +96,51 @@ def self_self_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     ).softmax(-1)
 
 
-def block_with_csa(block, x: torch.Tensor):
-    """One unchanged block forward that also returns the CSA map of its input.
+def mlp(block, x: torch.Tensor) -> torch.Tensor:
+    """The block's MLP; QuickGELU (OpenAI weights) is applied in place, saving two
+    full-size temporaries per block with the same arithmetic as open_clip's module."""
+    hidden = block.mlp.c_fc(x)
+    activation = block.mlp.gelu
+    if type(activation).__name__ == "QuickGELU":
+        hidden.mul_(torch.sigmoid(hidden * 1.702))
+    else:
+        hidden = activation(hidden)
+    return block.mlp.c_proj(hidden)
 
-    Same maths as the block's own forward, but q, k, v are computed once and shared by the
-    CSA map and the block's ordinary attention.
+
+def transformer_block(block, x: torch.Tensor, with_csa: bool = False):
+    """One unchanged block forward (B, N, D) -> (B, N, D), and the CSA map of its input
+    when `with_csa`.
+
+    Same maths as open_clip's block, written out so that q, k, v are computed once and
+    shared by the CSA map and the ordinary attention, which runs through
+    scaled_dot_product_attention (a fused kernel on every device).
     """
     q, k, v = qkv(block, x)
-    csa = self_self_attention(q, k)
+    csa = self_self_attention(q, k) if with_csa else None
     attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
     x = x + block.ls_1(block.attn.out_proj(attended))
-    return x + block.ls_2(block.mlp(block.ln_2(x))), csa
+    return x + block.ls_2(mlp(block, block.ln_2(x))), csa
+
+
+def pack_linear_weights(visual) -> None:
+    """Store the image tower's linear weights transposed in memory; values, shapes and
+    results are unchanged.
+
+    F.linear then multiplies by a contiguous (in, out) matrix, for which MKL's CPU kernels
+    run faster than for nn.Linear's (out, in) layout (docs/performance.md). For CPU only.
+    """
+    for module in visual.modules():
+        names = ["in_proj_weight"] if isinstance(module, nn.MultiheadAttention) else []
+        names += ["weight"] if isinstance(module, nn.Linear) else []
+        for name in names:
+            weight = getattr(module, name)
+            if weight is not None and weight.is_contiguous():
+                weight.data = weight.data.t().contiguous().t()
 
 
 def encode_dense(visual, images: torch.Tensor) -> torch.Tensor:
     """All output tokens (B, 1 + gh * gw, D) of the modified encoder, CLS first."""
-    batch_first = getattr(visual.transformer, "batch_first", True)
     x = visual.conv1(images)
     grid_h, grid_w = x.shape[-2:]
     x = x.flatten(2).transpose(1, 2)
@@ -113,11 +152,9 @@ def encode_dense(visual, images: torch.Tensor) -> torch.Tensor:
     blocks = visual.transformer.resblocks
     mid = None
     for index, block in enumerate(blocks[:-1]):
-        if index in INTERMEDIATE_BLOCKS:
-            x, csa = block_with_csa(block, x)
+        x, csa = transformer_block(block, x, with_csa=index in INTERMEDIATE_BLOCKS)
+        if csa is not None:
             mid = csa if mid is None else mid + csa
-        else:
-            x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
     mid = mid / len(INTERMEDIATE_BLOCKS)
 
     last = blocks[-1]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .. import __version__
 from . import image as image_stage
 from .classes import ClassList, parse_aux_text, parse_class_list
-from .encoder import check_supported, encode_dense, patch_size
+from .encoder import check_supported, encode_dense, pack_linear_weights, patch_size
 from .models import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -132,6 +132,8 @@ class ITACLIP:
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = clip.to(device).eval()
+        if device.type == "cpu":
+            pack_linear_weights(self.model.visual)
         self.tokenizer = tokenizer
         self.model_identity = identity
         self.device = device
