@@ -1,5 +1,6 @@
 """ITACLIP.segment end to end: presets, outputs, progress, cancel, errors, loading."""
 
+import copy
 import json
 
 import numpy as np
@@ -207,6 +208,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_cpu_segmenter_packs_image_tower_weights_and_leaves_text_tower(tiny_clip):
+    model = copy.deepcopy(tiny_clip)
+    text_before = model.transformer.resblocks[0].mlp.c_fc.weight.clone()
+    ITACLIP.from_open_clip(model, device="cpu", cache_dir=False)
+    block = model.visual.transformer.resblocks[0]
+    for weight in (block.attn.in_proj_weight, block.mlp.c_fc.weight, block.attn.out_proj.weight):
+        assert weight.t().is_contiguous() and not weight.is_contiguous()
+    text_weight = model.transformer.resblocks[0].mlp.c_fc.weight
+    assert text_weight.is_contiguous()
+    torch.testing.assert_close(text_weight, text_before, atol=0, rtol=0)
 
 
 def test_cpu_batches_split_across_cores_give_the_same_result(tiny_clip, rgb_image):
