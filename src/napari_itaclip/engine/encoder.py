@@ -97,8 +97,8 @@ def self_self_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def mlp(block, x: torch.Tensor) -> torch.Tensor:
-    """The block's MLP; QuickGELU (OpenAI weights) is applied in place, saving two
-    full-size temporaries per block with the same arithmetic as open_clip's module."""
+    """The block's MLP; QuickGELU (OpenAI weights) is applied in place, with the same
+    arithmetic as open_clip's module and one full-size temporary fewer."""
     hidden = block.mlp.c_fc(x)
     activation = block.mlp.gelu
     if type(activation).__name__ == "QuickGELU":
