@@ -125,7 +125,7 @@ def test_segment_folder_writes_outputs_and_reports_broken_images(
 
     # The text features computed by the run are in the cache that `cache` reports.
     assert main(["cache"]) == EXIT_OK
-    assert " 0 files" not in capsys.readouterr().out
+    assert " 0 text-feature entries" not in capsys.readouterr().out
 
 
 def test_existing_outputs_are_skipped_unless_overwrite(tmp_path, model_args, capsys):
@@ -456,13 +456,14 @@ def test_cache_shows_size_and_clears_only_text_features(tmp_path, capsys):
     (root / "text" / "model").mkdir(parents=True)
     (root / "text" / "model" / "a.npy").write_bytes(b"x" * 2048)
     (root / "other.txt").write_text("not ours")
+    (root / "text" / "model" / "b.npy.tmp").write_bytes(b"x" * 1024)  # an interrupted write
     assert main(["cache"]) == EXIT_OK
-    assert "1 files, 2.0 KB" in capsys.readouterr().out
+    assert "1 text-feature entries, 3.0 KB" in capsys.readouterr().out
     assert main(["cache", "--clear"]) == EXIT_OK
     assert not (root / "text").exists()
     assert (root / "other.txt").exists()
     assert main(["cache"]) == EXIT_OK
-    assert "0 files, 0 B" in capsys.readouterr().out.splitlines()[-1]
+    assert "0 text-feature entries, 0 B" in capsys.readouterr().out.splitlines()[-1]
 
 
 # -------------------------------------------------------------------------- console script

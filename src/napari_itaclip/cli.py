@@ -844,12 +844,6 @@ def run_evaluate(args) -> int:
 
 
 # ------------------------------------------------------------------------ info and cache
-def folder_usage(folder: Path) -> tuple[int, int]:
-    """(files, bytes) under `folder` (0, 0 if it does not exist)."""
-    sizes = [path.stat().st_size for path in folder.rglob("*") if path.is_file()]
-    return len(sizes), sum(sizes)
-
-
 def _human_size(size: int) -> str:
     if size < 1024:
         return f"{size} B"
@@ -882,7 +876,7 @@ def run_info(args) -> int:
     import torch
 
     from .engine.models import available_devices
-    from .engine.text import text_cache_folder
+    from .engine.text import text_cache_folder, text_cache_usage
 
     packages = ("torch", "open_clip_torch", "numpy", "opencv-python-headless", "napari")
     print(f"napari-itaclip {__version__}")
@@ -897,24 +891,24 @@ def run_info(args) -> int:
         devices.append(device)
     print(f"devices: {', '.join(devices)}")
     folder = text_cache_folder()
-    files, size = folder_usage(folder)
-    print(f"text-feature cache: {folder} ({files} files, {_human_size(size)})")
+    entries, size = text_cache_usage()
+    print(f"text-feature cache: {folder} ({entries} entries, {_human_size(size)})")
     print(f"weights {DEFAULT_MODEL}/{DEFAULT_PRETRAINED}: {default_weights_status()}")
     return EXIT_OK
 
 
 def run_cache(args) -> int:
-    from .engine.text import text_cache_folder
+    from .engine.text import text_cache_folder, text_cache_usage
 
     # Only the engine's own sub-folder: $NAPARI_ITACLIP_CACHE may point at a folder holding
     # other things.
     folder = text_cache_folder()
-    files, size = folder_usage(folder)
+    entries, size = text_cache_usage()
     if args.clear:
         shutil.rmtree(folder, ignore_errors=True)
-        print(f"cleared {folder} ({files} files, {_human_size(size)})")
+        print(f"cleared {folder} ({entries} text-feature entries, {_human_size(size)})")
     else:
-        print(f"{folder}: {files} files, {_human_size(size)}")
+        print(f"{folder}: {entries} text-feature entries, {_human_size(size)}")
     return EXIT_OK
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import warnings
+import zipfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -158,7 +161,8 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained=DEFAULT_PRETRAINED, quick_g
     """Build an open_clip CLIP (fp32, CPU, eval mode) and its tokenizer.
 
     `pretrained` is an open_clip tag ("openai", "laion2b_s34b_b88k", ...) or a local file: an
-    OpenAI `.pt` archive (TorchScript) or a state dict in OpenAI/open_clip layout. A local file
+    OpenAI `.pt` archive (TorchScript) or a state dict in OpenAI/open_clip layout (`torch.save`
+    file of tensors, or `.safetensors`); no code stored in a file ever runs. A local file
     is read like OpenAI's loader does (architecture inferred from the tensors, QuickGELU);
     if it does not fit that layout it is loaded into `model`'s open_clip architecture.
     `quick_gelu=None` follows the pretrained tag's own record (True for OpenAI weights).
@@ -203,27 +207,100 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained=DEFAULT_PRETRAINED, quick_g
     return clip.eval(), tokenizer, f"{model}/{pretrained}/qg{int(bool(quick_gelu))}"
 
 
-def _load_local_file(model: str, path: Path, quick_gelu):
-    import open_clip
+def _zip_records(path: Path) -> list[str]:
+    """The record names of a zip file; none for anything else (including a damaged zip)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive: a zip with compiled code and constants records
+    (the records torch itself checks), as OpenAI's `.pt` files are."""
+    return any(name.endswith("/constants.pkl") or "/code/" in name for name in _zip_records(path))
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether `path` is a torch.save file: a zip with a pickle record, or a bare pickle."""
+    if any(name.endswith("data.pkl") for name in _zip_records(path)):
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(1) == pickle.PROTO
+
+
+def _code_risk_message(path: Path, exc: Exception) -> str:
+    culprit = re.search(r"(?:GLOBAL|class) ([\w.]+)", str(exc))
+    names = f" ({culprit.group(1)})" if culprit else ""
+    return (
+        f"refusing weights file {path}: besides tensors it holds Python objects{names}, and "
+        "unpickling them could run code stored in the file. If you trust its source, convert it "
+        "once in a Python session: `obj = torch.load(path, weights_only=False)`, take the "
+        "model's weights (`model.state_dict()` or the checkpoint's state-dict entry) and save "
+        "them with `safetensors.torch.save_file(state_dict, 'weights.safetensors')` or "
+        "`torch.save(state_dict, 'weights.pt')`; then load that file."
+    )
+
+
+def _read_weights(path: Path) -> dict:
+    """The tensors of a local weights file, read without running any code stored in it.
+
+    TorchScript archives go through `torch.jit.load` (their code is TorchScript, never Python);
+    `.safetensors` hold only tensors; anything else is a pickle read with `weights_only=True`,
+    passed explicitly because torch's default differs between versions and
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD only overrides it where it is not passed.
+    """
     import torch
 
-    if not path.is_file():
-        raise ValueError(f"weights file not found: {path}")
-    try:
+    if _is_torchscript_archive(path):
         with warnings.catch_warnings():
             # torch warns that TorchScript loading is deprecated; OpenAI archives are TorchScript.
             warnings.simplefilter("ignore", FutureWarning)
-            clip = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
-    except Exception as openai_error:
+            try:
+                return torch.jit.load(str(path), map_location="cpu").state_dict()
+            except RuntimeError as exc:
+                raise ValueError(f"cannot read TorchScript archive {path}: {exc}") from None
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as exc:
             raise ValueError(f"cannot read weights file {path}: {exc}") from None
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} holds no state dict (found {type(state).__name__})") from None
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _is_pickle(path):
+            raise ValueError(_code_risk_message(path, exc)) from None
+        raise ValueError(
+            f"cannot read weights file {path}: not a torch, TorchScript or safetensors file"
+        ) from None
+    except Exception as exc:
+        raise ValueError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict (found {type(state).__name__})")
+    return state
+
+
+def _load_local_file(model: str, path: Path, quick_gelu):
+    import open_clip
+    from open_clip.model import build_model_from_openai_state_dict
+
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    # The causal mask is rebuilt by the model; TorchScript archives keep a copy of it.
+    state = {
+        k.removeprefix("module."): v for k, v in _read_weights(path).items() if k != "attn_mask"
+    }
+    try:
+        # As open_clip's OpenAI loader (which falls back to an unsafe torch.load, so it is not
+        # called): architecture from the tensors, QuickGELU, weights rounded through fp16.
+        clip = build_model_from_openai_state_dict(dict(state), cast_dtype=None).float()
+    except Exception as openai_error:
         try:
             clip = open_clip.create_model(
                 model, pretrained=None, device="cpu", force_quick_gelu=bool(quick_gelu)

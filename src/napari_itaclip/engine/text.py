@@ -1,4 +1,4 @@
-"""Text features (METHOD.md section 3): 80-template ensembles, exact truncation, caching.
+"""Text features (docs/method.md §3): 80-template ensembles, exact truncation, caching.
 
 The text tower is causal and pools at the end-of-text token, so the tokens after it never
 change the feature: each batch of prompts is encoded only up to its longest real prompt
@@ -7,8 +7,11 @@ change the feature: each batch of prompts is encoded only up to its longest real
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,10 @@ import torch
 import torch.nn.functional as F
 
 CACHE_ENV = "NAPARI_ITACLIP_CACHE"
-TEMPLATE_SET = "openai_imagenet_80"
+# Part of every cache key: bump it when what an entry holds or how it is computed changes.
+CACHE_FORMAT = 2
+# Temporary files older than this were left by a process that died while writing.
+ORPHAN_AGE_S = 3600
 
 
 def templates():
@@ -131,44 +137,135 @@ def template_ensemble(
     return F.normalize(per_query, dim=-1)
 
 
-class TextFeatureCache:
-    """Query features in memory and on disk, keyed by text-tower fingerprint, precision and
-    query. One .npy per query; writes are atomic (temporary file, then rename)."""
+def templates_digest() -> str:
+    """A hash of the template texts themselves (not the set's name): edited templates in a
+    newer open_clip give different features."""
+    texts = "\n".join(template("{}") for template in templates())
+    return hashlib.blake2b(texts.encode(), digest_size=8).hexdigest()
 
-    def __init__(self, model_key: str, root: Path | None = None, use_disk: bool = True):
+
+def text_cache_key(model, precision: str, device) -> str:
+    """What cached features depend on: format, text weights, templates, precision and device
+    type (fp16 on CUDA rounds differently from the CPU)."""
+    device_type = torch.device(device).type
+    return (
+        f"v{CACHE_FORMAT}-{text_tower_fingerprint(model)}-{templates_digest()}"
+        f"-{precision}-{device_type}"
+    )
+
+
+def text_feature_width(model) -> int:
+    """D, the width of the model's text features, measured on a one-token prompt (any text
+    tower, at the cost of one token's pass when truncation applies)."""
+    context = int(getattr(model, "context_length", 77))
+    tokens = torch.zeros(1, context, dtype=torch.long, device=next(model.parameters()).device)
+    with torch.no_grad():
+        return int(encode_tokens(model, tokens).shape[-1])
+
+
+def text_cache_usage(root: Path | None = None) -> tuple[int, int]:
+    """(cached query features, bytes of every file) in the text-feature cache folder."""
+    folder = text_cache_folder(root)
+    entries = size = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                size += path.stat().st_size
+                entries += path.suffix == ".npy"
+        except OSError:  # removed meanwhile by another process
+            continue
+    return entries, size
+
+
+class TextFeatureCache:
+    """Query features in memory and on disk, keyed by `text_cache_key` and query.
+
+    One .npy per query. Writes are atomic and durable (a uniquely named temporary file,
+    fsynced, then renamed); an entry that does not read back as finite float32 of shape
+    (width,) is deleted and recomputed, so a damaged file never blocks later runs.
+    """
+
+    def __init__(
+        self,
+        model_key: str,
+        root: Path | None = None,
+        use_disk: bool = True,
+        width: int | None = None,
+    ):
         self.model_key = model_key
+        self.width = width
         self.memory: dict[str, np.ndarray] = {}
         self.folder = text_cache_folder(root) / model_key if use_disk else None
+        if self.folder is not None:
+            self._remove_orphans()
+
+    @classmethod
+    def for_model(cls, model, precision: str, device, root: Path | None = None, use_disk=True):
+        """The cache of `model`'s text features at `precision` on `device`."""
+        key = text_cache_key(model, precision, device)
+        return cls(key, root, use_disk, width=text_feature_width(model))
 
     def _path(self, query: str) -> Path:
-        name = hashlib.sha1(f"{TEMPLATE_SET}\n{query}".encode()).hexdigest()
-        return self.folder / f"{name}.npy"
+        return self.folder / f"{hashlib.sha1(query.encode()).hexdigest()}.npy"
+
+    def _remove_orphans(self) -> None:
+        cutoff = time.time() - ORPHAN_AGE_S
+        for tmp in self.folder.glob("*.tmp"):
+            with contextlib.suppress(OSError):  # another process removed it first
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+
+    def _valid(self, value: np.ndarray) -> bool:
+        return (
+            value.ndim == 1
+            and value.dtype == np.float32
+            and value.size > 0
+            and (self.width is None or value.shape[0] == self.width)
+            and bool(np.isfinite(value).all())
+        )
 
     def get(self, query: str):
         if query in self.memory:
             return self.memory[query]
-        if self.folder is not None:
-            path = self._path(query)
-            try:
-                value = np.load(path)
-            except (OSError, ValueError):
-                return None
-            self.memory[query] = value
-            return value
-        return None
+        if self.folder is None:
+            return None
+        path = self._path(query)
+        try:
+            with open(path, "rb") as fh:
+                value = np.lib.format.read_array(fh, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError):
+            value = None
+        if value is None or not self._valid(value):
+            # Truncated by a crash, or written by something else: recompute it.
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            return None
+        self.memory[query] = value
+        return value
 
     def put(self, query: str, value: np.ndarray) -> None:
         self.memory[query] = value
         if self.folder is None:
             return
+        tmp = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self._path(query)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "wb") as fh:
+            # A random name per writer: threads and processes writing the same query never
+            # share a temporary file.
+            with tempfile.NamedTemporaryFile(
+                dir=self.folder, prefix=f"{path.stem}.", suffix=".tmp", delete=False
+            ) as fh:
+                tmp = fh.name
                 np.save(fh, value)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
         except OSError:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             # A read-only or full cache folder only costs recomputation next time.
             self.folder = None
 
