@@ -1,4 +1,6 @@
-"""Input stage (METHOD.md 1): dtype handling, resize rule, normalisation."""
+"""Input stage (docs/method.md §1): dtype handling, resize rule, normalisation."""
+
+import math
 
 import numpy as np
 import pytest
@@ -6,7 +8,11 @@ import pytest
 from napari_itaclip.engine.image import (
     CLIP_MEAN_255,
     CLIP_STD_255,
+    PROBABILITY_BUDGET_BYTES,
+    check_image_size,
+    minimum_short_side,
     normalise,
+    probability_downsample_for_budget,
     resize_short_side,
     resized_shape,
     to_rgb_uint8,
@@ -101,3 +107,132 @@ def test_normalise_uses_clip_constants_on_0_255_scale():
     for c in range(3):
         assert x[0, c, 0, 0] == pytest.approx(-CLIP_MEAN_255[c] / CLIP_STD_255[c], rel=1e-6)
         assert x[0, c, 0, 1] == pytest.approx((255 - CLIP_MEAN_255[c]) / CLIP_STD_255[c], rel=1e-6)
+
+
+# ------------------------------------------------------------------ dtype rule
+def test_integers_within_0_255_keep_their_values():
+    values = np.arange(201, dtype=np.uint16).reshape(3, 67)  # max 200: not stretched to 255
+    rgb = to_rgb_uint8(values)
+    np.testing.assert_array_equal(rgb[..., 1], values)
+    signed = np.array([[0, 17, 255]], np.int32)
+    np.testing.assert_array_equal(to_rgb_uint8(signed)[..., 0], signed)
+    assert np.all(to_rgb_uint8(np.full((4, 4), 100, np.uint16)) == 100)  # constant, not 128
+
+
+def test_floats_in_0_1_are_scaled_by_255_and_rounded():
+    floats = np.array([[0.0, 0.5, 1.0, 0.2, 0.7]], np.float32)
+    # x * 255 rounded to nearest (np.rint): 0.5 -> 127.5 -> 128, 0.7 -> 178.5 -> 178 (even)
+    np.testing.assert_array_equal(to_rgb_uint8(floats)[0, :, 0], [0, 128, 255, 51, 178])
+    dim = np.full((3, 3), 0.25)  # a dim image stays dim instead of being stretched
+    assert np.all(to_rgb_uint8(dim) == 64)
+
+
+def test_uint16_beyond_255_is_stretched():
+    values = np.linspace(0, 4000, 100 * 120).astype(np.uint16).reshape(100, 120)
+    rgb = to_rgb_uint8(values)
+    lo, hi = np.percentile(values, (0.5, 99.5))
+    expected = np.clip(np.rint((values - lo) * (255 / (hi - lo))), 0, 255)
+    np.testing.assert_array_equal(rgb[..., 2], expected)
+    assert rgb.min() == 0 and rgb.max() == 255
+
+
+def test_negative_floats_are_stretched():
+    values = np.array([[-0.5, 0.0, 0.5]] * 3)
+    assert to_rgb_uint8(values)[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_large_uint16_conversion_uses_no_float64_copy():
+    import tracemalloc
+
+    height, width = 1500, 2000
+    image = np.random.default_rng(0).integers(0, 4000, (height, width, 3), dtype=np.uint16)
+    output_bytes = image.size  # the uint8 result itself
+    tracemalloc.start()
+    try:
+        rgb = to_rgb_uint8(image)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rgb.shape == image.shape and rgb.max() == 255
+    # a whole float64 copy alone would be 8 bytes per value
+    assert peak - output_bytes < 3 * image.size
+
+
+def test_large_image_stretch_matches_exact_percentiles_closely():
+    # percentiles of a large image come from a regular sample; the mapping barely moves
+    rng = np.random.default_rng(2)
+    image = (np.linspace(0, 3000, 1200)[:, None] + rng.normal(0, 50, (1200, 1500))).clip(0)
+    image = image.astype(np.uint16)
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    exact = np.clip(np.rint((image - lo) * (255 / (hi - lo))), 0, 255)
+    assert np.abs(to_rgb_uint8(image)[..., 0] - exact).max() <= 1
+
+
+# ----------------------------------------------------------------- size limits
+def test_thin_image_boundary():
+    from napari_itaclip.engine.presets import resolve_preset
+
+    params = resolve_preset("voc21", {})
+    # a 1000-pixel long side is scaled by 2048 / 1000: 8 rows -> 16 (one 16-pixel patch),
+    # 7 rows -> 14
+    check_image_size(8, 1000, params, patch=16)
+    check_image_size(1000, 8, params, patch=16)
+    for shape in ((7, 1000), (1000, 7), (1, 1000)):
+        with pytest.raises(ValueError, match=r"long side of 1000 .* at least 8 pixels") as error:
+            check_image_size(*shape, params, patch=16)
+        assert "16" in str(error.value)
+    # small but not thin images are upscaled to short_side and are fine
+    check_image_size(1, 1, params, patch=16)
+
+
+def test_minimum_follows_the_patch_and_the_blur_kernel():
+    from napari_itaclip.engine.presets import resolve_preset
+
+    with_views = resolve_preset("voc21", {})
+    without = resolve_preset("voc21", {"image_engineering": False})
+    # 2048-long side: a resized side of n needs n - 0.5 rows of the original
+    assert minimum_short_side(2048, with_views, patch=32) == 32
+    assert minimum_short_side(2048, without, patch=4) == 4
+    # the blur view pads 5 pixels by reflection: windows need at least 6 pixels
+    assert minimum_short_side(2048, with_views, patch=4) == 6
+
+
+def test_short_side_below_one_patch_is_rejected():
+    from napari_itaclip.engine.presets import resolve_preset
+
+    params = resolve_preset("fast", {"short_side": 8})
+    with pytest.raises(ValueError, match="short_side"):
+        check_image_size(100, 100, params, patch=16)
+
+
+# -------------------------------------------------------- probability budget
+@pytest.mark.parametrize(
+    ("classes", "planes", "height", "width", "budget"),
+    [
+        (171, 1, 3000, 4000, PROBABILITY_BUDGET_BYTES),  # 8 GB at full size
+        (21, 1, 3000, 4000, PROBABILITY_BUDGET_BYTES),
+        (3, 1, 60, 80, 3 * 15 * 20 * 4),
+        (3, 1, 61, 81, 3 * 15 * 20 * 4),
+        (5, 7, 999, 1001, 10**6),
+        (3, 1, 60, 80, 10**9),
+    ],
+)
+def test_probability_downsample_is_the_smallest_factor_within_budget(
+    classes, planes, height, width, budget
+):
+    def size(f):
+        return classes * planes * math.ceil(height / f) * math.ceil(width / f) * 4
+
+    f = probability_downsample_for_budget(classes, height, width, budget, n_planes=planes)
+    assert size(f) <= budget
+    assert f == 1 or size(f - 1) > budget
+
+
+def test_probability_budget_examples_and_limits():
+    assert probability_downsample_for_budget(171, 3000, 4000) == 4  # 8 GB -> 0.5 GB
+    assert probability_downsample_for_budget(21, 480, 640) == 1
+    # nothing fits: one block for the whole image is the coarsest there is
+    assert probability_downsample_for_budget(10, 50, 70, 8) == 70
+    for budget in (0, -1):
+        with pytest.raises(ValueError, match="budget"):
+            probability_downsample_for_budget(10, 50, 70, budget)

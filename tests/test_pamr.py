@@ -1,4 +1,4 @@
-"""PAMR (METHOD.md 6) and band-wise upsampling: exactness of the memory-bounded forms."""
+"""PAMR (docs/method.md §6) and band-wise upsampling: exactness of the memory-bounded forms."""
 
 import pytest
 import torch
@@ -86,3 +86,25 @@ def test_band_upsampling_equals_interpolate(src, dst):
     torch.testing.assert_close(
         upsample_rows(x, dst, mid, dst[0]), expected[:, mid:], atol=1e-5, rtol=1e-5
     )
+
+
+def test_iterate_polls_the_checkpoint_before_every_step():
+    image, logits = torch.randn(3, 9, 11), torch.randn(2, 9, 11)
+    aff = pamr_affinity(image, (1, 2))
+    polls = []
+    refined = pamr_iterate(logits, aff, (1, 2), 4, checkpoint=lambda: polls.append(1))
+    assert len(polls) == 4
+    torch.testing.assert_close(refined, pamr_iterate(logits, aff, (1, 2), 4))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_third_step():
+        polls.append(1)
+        if len(polls) == 3:
+            raise Stop
+
+    polls.clear()
+    with pytest.raises(Stop):
+        pamr_iterate(logits, aff, (1, 2), 4, checkpoint=stop_at_third_step)
+    assert len(polls) == 3

@@ -1,4 +1,4 @@
-"""PAMR refinement (METHOD.md section 6), exact and memory-bounded.
+"""PAMR refinement (docs/method.md §6), exact and memory-bounded.
 
 Affinities come from the image once; then `steps` times every pixel's logits become the
 affinity-weighted sum of its 16 neighbours' logits (8 at each dilation, replicate padding).
@@ -7,6 +7,8 @@ steps * max(dilations), so a band of rows computed with that halo on both sides 
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,13 +63,23 @@ def pamr_affinity(image: torch.Tensor, dilations) -> torch.Tensor:
 
 
 def pamr_iterate(
-    logits: torch.Tensor, affinity: torch.Tensor, dilations, steps: int
+    logits: torch.Tensor,
+    affinity: torch.Tensor,
+    dilations,
+    steps: int,
+    checkpoint: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """`steps` PAMR iterations on (Q, H, W) logits (the centre itself is not a neighbour)."""
+    """`steps` PAMR iterations on (Q, H, W) logits (the centre itself is not a neighbour).
+
+    checkpoint: called before every step, so that a caller can cancel (by raising) within
+    one step.
+    """
     h, w = logits.shape[-2:]
     pad = max(dilations)
     offsets = neighbour_offsets(dilations)
     for _ in range(steps):
+        if checkpoint is not None:
+            checkpoint()
         padded = F.pad(logits[None], (pad, pad, pad, pad), mode="replicate")[0]
         out = torch.zeros_like(logits)
         for weight, (dy, dx) in zip(affinity, offsets, strict=False):
