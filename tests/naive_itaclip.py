@@ -1,6 +1,6 @@
 """A deliberately naive, literal ITACLIP inference: the test oracle for the engine.
 
-Written only from /work/shared/METHOD.md (section numbers below refer to it), independently of
+Written only from docs/method.md (section numbers below refer to it), independently of
 the engine in `napari_itaclip.engine`. Everything runs one image, one crop, one view and one
 query at a time, in fp32 on the CPU, with the most direct torch / OpenCV / torchvision calls.
 It is slow on purpose; use it with tiny models and tiny images only.
@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-# METHOD 1: CLIP's normalisation constants on the 0-255 scale.
+# docs/method.md §1.3: CLIP's normalisation constants on the 0-255 scale.
 MEAN = (122.771, 116.746, 104.094)
 STD = (68.501, 66.632, 70.323)
 
-# METHOD 2.3: CSA maps are taken before these blocks run (0-based indices).
+# docs/method.md §2.3: CSA maps are taken before these blocks run (0-based indices).
 MID_BLOCKS = (6, 7, 9)
 
 
@@ -43,7 +43,7 @@ class Params:
     closing: bool = True
 
 
-# METHOD 8 (the five paper presets), typed in from the table.
+# docs/method.md §8 (the five paper presets), typed in from the table.
 PAPER_PARAMS = {
     "voc21": Params(336, 60, 0.7, 0.05, 0.1, 0.1, True),
     "context60": Params(336, 55, 0.75, 0.15, 0.1, None, True),
@@ -51,7 +51,7 @@ PAPER_PARAMS = {
     "coco_stuff": Params(448, 40, 0.75, 0.2, 0.0, None, False),
     "cityscapes": Params(560, 40, 0.7, 0.05, 0.0, None, False),
 }
-# The engine's own faster mode is not in METHOD.md; its values are those documented in the
+# The engine's own faster mode, not the paper's (docs/method.md §9.9); values as documented in the
 # engine's presets table: one view, stride 112, 5 PAMR steps, no background, no thresholds.
 PAPER_PARAMS["fast"] = Params(
     336, 50, 0.75, 0.1, 0.0, None, False, stride=112, image_engineering=False, pamr_steps=5
@@ -63,7 +63,7 @@ def params_for(preset: str, **overrides) -> Params:
 
 
 # ---------------------------------------------------------------------------------------------
-# METHOD 3: class lists and auxiliary texts
+# docs/method.md §3.1, §3.4: class lists and auxiliary texts
 # ---------------------------------------------------------------------------------------------
 
 
@@ -86,7 +86,7 @@ def parse_aux(text: str, classes: list[list[str]], background: bool) -> list[str
 
 
 # ---------------------------------------------------------------------------------------------
-# METHOD 1: input
+# docs/method.md §1: input
 # ---------------------------------------------------------------------------------------------
 
 
@@ -115,7 +115,7 @@ class NaiveITACLIP:
         self._text_features: dict[str, torch.Tensor] = {}  # memo only: same text, same feature
 
     # -----------------------------------------------------------------------------------------
-    # METHOD 3: text features
+    # docs/method.md §3: text features
     # -----------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -152,7 +152,7 @@ class NaiveITACLIP:
         return torch.stack(features), query_class
 
     # -----------------------------------------------------------------------------------------
-    # METHOD 2: encoder
+    # docs/method.md §2: encoder
     # -----------------------------------------------------------------------------------------
 
     def positional_embedding(self, gh: int, gw: int) -> torch.Tensor:
@@ -228,7 +228,7 @@ class NaiveITACLIP:
         return x[1:].reshape(gh, gw, -1)
 
     # -----------------------------------------------------------------------------------------
-    # METHOD 4: image engineering
+    # docs/method.md §4: image engineering
     # -----------------------------------------------------------------------------------------
 
     def view_logits(self, crop: torch.Tensor, feature: torch.Tensor, text: torch.Tensor):
@@ -260,7 +260,7 @@ class NaiveITACLIP:
         return p.c_img * logits + (1 - p.c_img) * flip
 
     # -----------------------------------------------------------------------------------------
-    # METHOD 5: sliding window
+    # docs/method.md §5: sliding window
     # -----------------------------------------------------------------------------------------
 
     def window_logits(self, image: torch.Tensor, text: torch.Tensor, p: Params) -> torch.Tensor:
@@ -286,7 +286,7 @@ class NaiveITACLIP:
         return canvas / count
 
     # -----------------------------------------------------------------------------------------
-    # METHOD 6: PAMR
+    # docs/method.md §6: PAMR
     # -----------------------------------------------------------------------------------------
 
     @staticmethod
@@ -356,7 +356,7 @@ class NaiveITACLIP:
 
 
 # ---------------------------------------------------------------------------------------------
-# METHOD 7: postprocessing
+# docs/method.md §7: postprocessing
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Class lists and auxiliary texts (METHOD.md 3): parsing and validation."""
+"""Class lists and auxiliary texts (docs/method.md §3.1, §3.4): parsing and validation."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Modified image encoder (METHOD.md 2)."""
+"""Modified image encoder (docs/method.md §2)."""
 
 import copy
 
@@ -79,7 +79,7 @@ def test_positional_embedding_kept_for_model_grid_and_resized_otherwise(tiny_cli
 
 
 def reference_last_block(visual, images):
-    """METHOD 2 written out step by step (sequence of blocks, explicit fusion)."""
+    """docs/method.md §2 written out step by step (sequence of blocks, explicit fusion)."""
     x = visual.conv1(images).flatten(2).transpose(1, 2)
     x = torch.cat([visual.class_embedding.expand(x.shape[0], 1, -1), x], 1)
     x = visual.ln_pre(x + visual.positional_embedding)

@@ -1,9 +1,9 @@
 """Fidelity: the engine against the naive, literal ITACLIP of `naive_itaclip.py`.
 
-METHOD.md: "fp32 on CPU: probabilities within 1e-4, labels equal". Every preset is compared on
-small images (short side / stride overridden where the paper values would be slow), two
-presets also at their real values, and the overrides are checked one by one. The oracle was
-written from METHOD.md only; see its docstring.
+Tolerance (docs/method.md): fp32 on CPU, probabilities within 1e-4, labels equal. Every
+preset is compared on small images (short side / stride overridden where the paper values would
+be slow), two presets also at their real values, and the overrides are checked one by one. The
+oracle was written from docs/method.md only; see its docstring.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def check_agreement(result, labels, probs, n_classes):
 
 
 def compare(segmenter, oracle, image, classes, preset, aux=None, aux_path=None, **overrides):
-    """Run both; assert METHOD's tolerance. Returns (labels, probabilities) of the oracle."""
+    """Run both; assert PROB_TOL and equal labels. Returns (labels, probabilities) of the oracle."""
     params = params_for(preset, **overrides)
     labels, probs = oracle.segment(image, classes, params, aux_text=aux)
     result = segmenter.segment(

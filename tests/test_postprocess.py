@@ -1,4 +1,4 @@
-"""Postprocessing (METHOD.md 7) on hand-made tensors."""
+"""Postprocessing (docs/method.md §7) on hand-made tensors."""
 
 import numpy as np
 import torch

@@ -1,4 +1,4 @@
-"""Views and sliding windows (METHOD.md 4 and 5)."""
+"""Views and sliding windows (docs/method.md §4 and §5)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Class lists and auxiliary texts (METHOD.md section 3): parsing and validation.
+"""Class lists and auxiliary texts (docs/method.md §3.1, §3.4): parsing and validation.
 
 A class list has one class per line; a line may hold several names ("variants") separated by
 ", " (comma and space). Every name becomes a text query; the queries of one line belong to one

@@ -1,4 +1,4 @@
-"""The modified CLIP image encoder (METHOD.md section 2): dense tokens with CSA fusion.
+"""The modified CLIP image encoder (docs/method.md §2): dense tokens with CSA fusion.
 
 Blocks 1..L-1 run unchanged. The self-self attention maps (CSA) of the inputs of blocks 7, 8
 and 10 (1-based) are averaged into A_mid; the last block uses

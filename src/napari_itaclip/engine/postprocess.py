@@ -1,4 +1,4 @@
-"""Postprocessing (METHOD.md section 7): query softmax, variant max, thresholds, closing."""
+"""Postprocessing (docs/method.md §7): query softmax, variant max, thresholds, closing."""
 
 from __future__ import annotations
 

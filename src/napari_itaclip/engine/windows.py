@@ -1,4 +1,4 @@
-"""Sliding windows and image-engineering views (METHOD.md sections 4 and 5)."""
+"""Sliding windows and image-engineering views (docs/method.md §4 and §5)."""
 
 from __future__ import annotations
 
