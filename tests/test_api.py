@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from napari_itaclip import segment_layer
-from napari_itaclip.api import LayerPlanes, auto_probability_downsample, segment_planes
+from napari_itaclip.api import LayerPlanes, segment_planes
 from napari_itaclip.bundle import save_bundle
+from napari_itaclip.engine.request import prepare
 
 CLASSES = ["background", "cat", "dog, puppy"]
 
@@ -156,22 +157,25 @@ def test_dask_stack_is_read_plane_by_plane(segmenter):
     layer = Image(da.from_array(spy, chunks=(1, 40, 50)), contrast_limits=(0, 255), name="lazy")
     spy.reads.clear()
     planes = LayerPlanes.from_layer(layer, position="all")
-    result = segment_planes(
-        segmenter, planes, CLASSES, **{k: v for k, v in FAST.items() if k != "progress"}
-    )
+    request = prepare(CLASSES, **{k: v for k, v in FAST.items() if k != "progress"})
+    result = segment_planes(segmenter, planes, request)
     assert result.labels.shape == (5, 40, 50)
     assert spy.reads and max(spy.reads) == 40 * 50  # never more than one plane at a time
     assert sum(spy.reads) == 5 * 40 * 50
 
 
-def test_large_probabilities_are_downsampled(viewer, segmenter, rgb_image, monkeypatch):
-    import napari_itaclip.api as api
-
-    assert auto_probability_downsample(3, 1, 60, 80) == 1
-    monkeypatch.setattr(api, "PROBABILITY_BUDGET_BYTES", 3 * 15 * 20 * 4)
-    assert auto_probability_downsample(3, 1, 60, 80) == 4
+def test_large_probabilities_are_downsampled(viewer, segmenter, rgb_image):
+    # 3 classes x 60 x 80 float32 is 57.6 kB; at f=4 it is 3 x 15 x 20 x 4 = 3.6 kB.
+    budget_mb = 3 * 15 * 20 * 4 / 2**20
+    assert prepare(CLASSES).probability_factor(60, 80) == 1
+    assert prepare(CLASSES, probability_budget_mb=budget_mb).probability_factor(60, 80) == 4
+    # Two planes share the budget: each may use half, so f grows to 6 (ceil(60/6) x ceil(80/6)
+    # = 10 x 14 per plane and class; f=5 gives 12 x 16).
+    assert prepare(CLASSES, probability_budget_mb=budget_mb).probability_factor(60, 80, 2) == 6
     viewer.add_image(rgb_image, name="photo", scale=(2, 2))
-    added = segment_layer(viewer, "photo", CLASSES, segmenter=segmenter, **FAST)
+    added = segment_layer(
+        viewer, "photo", CLASSES, segmenter=segmenter, probability_budget_mb=budget_mb, **FAST
+    )
     assert added[0].data.shape == (15, 20)
     np.testing.assert_allclose(added[0].scale, (8, 8))
     assert added[-1].data.shape == (60, 80)

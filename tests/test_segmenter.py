@@ -2,6 +2,11 @@
 
 import copy
 import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -223,15 +228,18 @@ def test_cpu_segmenter_packs_image_tower_weights_and_leaves_text_tower(tiny_clip
 
 
 def test_cpu_batches_split_across_cores_give_the_same_result(tiny_clip, rgb_image):
-    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
     windows = {"short_side": 64, "crop": 32, "stride": 16}
     threads = torch.get_num_threads()
     try:
+        # the encoder's pool size is the thread count when the segmenter is built
         torch.set_num_threads(1)
-        single = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
+        one_core = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
         torch.set_num_threads(3)
-        split = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
-        assert torch.get_num_threads() == 3  # restored after the encoder stage
+        three_cores = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
+        torch.set_num_threads(2)
+        single = one_core.segment(rgb_image, CLASSES, preset="voc21", **windows)
+        split = three_cores.segment(rgb_image, CLASSES, preset="voc21", **windows)
+        assert torch.get_num_threads() == 2  # the caller's own count is never changed
     finally:
         torch.set_num_threads(threads)
     # Matrix-product blocking depends on the batch size, so the last bits may differ.
@@ -258,8 +266,18 @@ def test_out_of_memory_halves_the_chunk_and_goes_on(
 
     monkeypatch.setattr(segmenter_module, "encode_dense", encode_or_fail)
     result = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
-    assert sizes[0] == 20 and max(sizes[1:]) <= 10 and seg.batch_size == 10
+    assert sizes[0] == 20 and max(sizes[1:]) <= 10
     np.testing.assert_allclose(result.probabilities, expected.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(result.labels, expected.labels)
+
+    # one spike does not slow later runs: each run starts from the configured batch size
+    assert seg.batch_size == 20
+    sizes.clear()
+    monkeypatch.setattr(
+        segmenter_module, "encode_dense", lambda v, im: sizes.append(len(im)) or real(v, im)
+    )
+    seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
+    assert sizes[0] == 20
 
     monkeypatch.setattr(
         segmenter_module,
@@ -268,3 +286,235 @@ def test_out_of_memory_halves_the_chunk_and_goes_on(
     )
     with pytest.raises(MemoryError, match="out of GPU memory"):
         seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
+
+
+def fail_first_calls(monkeypatch, error: BaseException, failures: int) -> list[int]:
+    """Make the encoder raise `error` on its first `failures` calls; returns the batch sizes."""
+    from napari_itaclip.engine import segmenter as segmenter_module
+
+    real = segmenter_module.encode_dense
+    sizes = []
+
+    def encode_or_fail(visual, images):
+        sizes.append(len(images))
+        if len(sizes) <= failures:
+            raise error
+        return real(visual, images)
+
+    monkeypatch.setattr(segmenter_module, "encode_dense", encode_or_fail)
+    return sizes
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED",
+        "CUDA error: out of memory",
+    ],
+)
+def test_library_allocation_failures_count_as_out_of_memory(
+    tiny_clip, rgb_image, monkeypatch, one_torch_thread, message
+):
+    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, batch_size=20)
+    windows = {"short_side": 64, "crop": 32, "stride": 16}
+    expected = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
+    sizes = fail_first_calls(monkeypatch, RuntimeError(message), failures=1)
+    result = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
+    assert sizes[:2] == [20, 10]
+    np.testing.assert_allclose(result.probabilities, expected.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(result.labels, expected.labels)
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(
+    tiny_clip, rgb_image, monkeypatch, one_torch_thread
+):
+    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, batch_size=20)
+    sizes = fail_first_calls(monkeypatch, RuntimeError("CUDA error: illegal memory access"), 1)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        seg.segment(rgb_image, CLASSES, preset="voc21", short_side=64, crop=32, stride=16)
+    assert sizes == [20]
+
+
+def test_gpu_cache_is_freed_after_the_failed_chunk_is_released(
+    tiny_clip, rgb_image, monkeypatch, one_torch_thread
+):
+    """empty_cache cannot return memory that the exception's traceback still holds."""
+    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, batch_size=20)
+    fail_first_calls(monkeypatch, torch.cuda.OutOfMemoryError("simulated"), failures=2)
+    exceptions_seen = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: exceptions_seen.append(sys.exc_info()))
+    seg.segment(rgb_image, CLASSES, preset="voc21", short_side=64, crop=32, stride=16)
+    assert exceptions_seen == [(None, None, None)] * 2
+
+
+@pytest.mark.parametrize(("precision", "suggests_fp16"), [("fp32", True), ("bf16", False)])
+def test_out_of_memory_message_suggests_only_what_helps(
+    tiny_clip, rgb_image, monkeypatch, precision, suggests_fp16
+):
+    seg = ITACLIP.from_open_clip(
+        tiny_clip, device="cpu", precision=precision, cache_dir=False, batch_size=5
+    )
+    fail_first_calls(monkeypatch, torch.cuda.OutOfMemoryError("simulated"), failures=10**6)
+    with pytest.raises(MemoryError, match="out of GPU memory") as info:
+        seg.segment(rgb_image, CLASSES, preset="voc21", short_side=64, crop=32, stride=16)
+    message = str(info.value)
+    assert ("precision='fp16'" in message) == suggests_fp16
+    assert "crop" in message and "image_engineering=False" in message
+    assert "device='cpu'" not in message  # already on the CPU
+
+
+# ------------------------------------------------------------- threads and cancel
+WINDOWS_5_CHUNKS = {"short_side": 64, "crop": 32, "stride": 16}  # 15 windows x 5 views
+
+
+def test_concurrent_runs_on_one_segmenter_equal_sequential_runs(tiny_clip, rgb_image, monkeypatch):
+    """A second run, started in a new thread while the first is in its encoder stage, gets the
+    sequential result, its chunks still split across the cores, and the thread count that new
+    threads start with is unchanged afterwards."""
+    from napari_itaclip.engine import segmenter as segmenter_module
+
+    threads = torch.get_num_threads()
+    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
+    images = [rgb_image, np.ascontiguousarray(rgb_image[::-1, ::-1])]
+    expected = [seg.segment(im, CLASSES, preset="voc21", **WINDOWS_5_CHUNKS) for im in images]
+
+    real = segmenter_module.encode_dense
+    sizes = []
+    monkeypatch.setattr(
+        segmenter_module, "encode_dense", lambda v, im: sizes.append(len(im)) or real(v, im)
+    )
+    first_in_encoder = threading.Event()
+    results = [None, None]
+
+    def run(index, progress=None):
+        results[index] = seg.segment(
+            images[index], CLASSES, preset="voc21", progress=progress, **WINDOWS_5_CHUNKS
+        )
+
+    first = threading.Thread(
+        target=run,
+        args=(0, lambda done, total, stage: stage == "encoder" and first_in_encoder.set()),
+    )
+    first.start()
+    assert first_in_encoder.wait(30)
+    second = threading.Thread(target=run, args=(1,))
+    second.start()
+    first.join(60)
+    second.join(60)
+
+    for result, reference in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(result.labels, reference.labels)
+        np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=1e-6)
+    assert max(sizes) == -(-15 // threads)  # every 15-image chunk split across the cores
+    assert torch.get_num_threads() == threads
+    in_new_thread = []
+    reader = threading.Thread(target=lambda: in_new_thread.append(torch.get_num_threads()))
+    reader.start()
+    reader.join()
+    assert in_new_thread == [threads]
+
+
+SLOW_S = 0.3  # added to every text batch, encoder call and PAMR step
+
+
+@pytest.mark.parametrize("stage", ["text", "encoder", "refine"])
+def test_cancel_answers_within_two_seconds_in_every_stage(tiny_clip, rgb_image, monkeypatch, stage):
+    from napari_itaclip.engine import pamr as pamr_module
+    from napari_itaclip.engine import segmenter as segmenter_module
+    from napari_itaclip.engine import text as text_module
+
+    def slowed(function):
+        def slow(*args, **kwargs):
+            time.sleep(SLOW_S)
+            return function(*args, **kwargs)
+
+        return slow
+
+    monkeypatch.setattr(text_module, "encode_tokens", slowed(text_module.encode_tokens))
+    monkeypatch.setattr(segmenter_module, "encode_dense", slowed(segmenter_module.encode_dense))
+    monkeypatch.setattr(pamr_module, "F", SimpleNamespace(pad=slowed(pamr_module.F.pad)))
+    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
+    reached, cancelled = threading.Event(), threading.Event()
+
+    def progress(done, total, reported):
+        # refine reports only after a band; the encoder's last chunk means refine begins
+        if reported == stage or (stage == "refine" and reported == "encoder" and done == total):
+            reached.set()
+
+    def run():
+        with pytest.raises(Cancelled):
+            seg.segment(
+                rgb_image,
+                CLASSES,
+                preset="voc21",
+                progress=progress,
+                cancel=cancelled.is_set,
+                **WINDOWS_5_CHUNKS,
+            )
+        return time.perf_counter()
+
+    with ThreadPoolExecutor(1) as pool:
+        answered = pool.submit(run)
+        assert reached.wait(30)
+        time.sleep(0.1)  # inside the stage's work
+        cancelled.set()
+        flagged = time.perf_counter()
+        assert answered.result(timeout=60) - flagged < 2
+
+
+# ----------------------------------------------------------------- thin images
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_smallest_thin_image_runs_through_every_preset(segmenter, preset):
+    # a 1000-pixel long side is resized to 2048, so 8 pixels become 16: one 16-pixel patch
+    for shape in ((8, 1000, 3), (1000, 8, 3)):
+        result = segmenter.segment(np.zeros(shape, np.uint8), ["a", "b"], preset=preset)
+        assert result.labels.shape == shape[:2]
+        assert sorted(result.parameters["resized_shape"]) == [16, 2048]
+
+
+@pytest.mark.parametrize("preset", ["fast", "voc21"])
+def test_thinner_images_fail_before_any_model_work(segmenter, monkeypatch, preset):
+    def model_work(*args, **kwargs):
+        raise AssertionError("the size check must come before text and encoder work")
+
+    monkeypatch.setattr(segmenter, "text_features", model_work)
+    monkeypatch.setattr(segmenter, "window_logits", model_work)
+    for shape in ((1, 1000, 3), (7, 1000, 3), (1000, 7, 3)):
+        with pytest.raises(ValueError, match=r"at least 8 pixels"):
+            segmenter.segment(np.zeros(shape, np.uint8), ["a", "b"], preset=preset)
+
+
+# ------------------------------------------------------- probability budget
+def test_probability_downsample_auto_follows_the_budget(segmenter, rgb_image):
+    default = segmenter.segment(rgb_image, CLASSES, preset="fast", **SMALL)
+    assert default.probability_factor == 1 and default.probabilities.shape == (3, 60, 80)
+    assert default.parameters["probability_downsample"] == 1
+    # 0.004 MiB = 4194 bytes: 3 x 15 x 20 x 4 = 3600 fits (f = 4), 3 x 20 x 27 x 4 does not
+    auto = segmenter.segment(
+        rgb_image, CLASSES, preset="fast", probability_budget_mb=0.004, **SMALL
+    )
+    explicit = segmenter.segment(
+        rgb_image, CLASSES, preset="fast", probability_downsample=4, **SMALL
+    )
+    assert auto.probability_factor == 4 and auto.probabilities.shape == (3, 15, 20)
+    assert auto.parameters["probability_downsample"] == 4
+    assert auto.parameters["probability_budget_mb"] == 0.004
+    assert explicit.parameters["probability_budget_mb"] is None
+    np.testing.assert_array_equal(auto.probabilities, explicit.probabilities)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"probability_downsample": "big"}, "probability_downsample"),
+        ({"probability_downsample": 2.0}, "probability_downsample"),
+        ({"probability_budget_mb": 0}, "probability_budget_mb"),
+        ({"probability_budget_mb": "1"}, "probability_budget_mb"),
+        ({"probability_downsample": 2, "probability_budget_mb": 1}, "only applies"),
+    ],
+)
+def test_bad_probability_options(segmenter, rgb_image, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        segmenter.segment(rgb_image, CLASSES, preset="fast", **kwargs)

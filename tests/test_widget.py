@@ -283,12 +283,15 @@ def test_second_run_is_refused_while_running(
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
 
 
-def test_engine_error_becomes_a_notification(viewer_widget, qtbot, tmp_path, notifications):
+def test_bad_aux_text_is_refused_before_the_model_loads(
+    viewer_widget, qtbot, tmp_path, notifications
+):
     viewer, widget = viewer_widget
     aux = tmp_path / "aux.txt"
     aux.write_text("cat >=a small feline\nhorse >=a large animal\n")
     widget.aux_file.value = aux
-    run_and_wait(qtbot, widget)
+    assert widget.run() is None
+    assert widget.loads == []  # refused on the GUI thread, before any model work
     [(kind, message)] = notifications
     assert kind == "error"
     assert "'horse' matches no class name" in message  # the engine's own message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +29,23 @@ from magicgui.widgets import (
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 from superqt.utils import ensure_main_thread
 
 from ._settings import load_settings, save_settings
-from .api import LayerPlanes, add_result_layers, count_classes, current_position, segment_planes
+from .api import (
+    LayerPlanes,
+    add_result_layers_in_steps,
+    current_position,
+    segment_planes,
+)
 from .engine.classes import BUILTIN_CLASS_SETS, builtin_class_set
-from .engine.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, available_devices
+from .engine.devices import device_choices
+from .engine.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .engine.presets import PRESETS
+from .engine.request import Request, prepare
 from .engine.result import Cancelled
 
 logger = logging.getLogger(__name__)
@@ -55,6 +64,9 @@ READY = "ready"
 
 
 def _load_segmenter(model: str, pretrained, device: str):
+    from .engine.native_libraries import preload_torch_libraries
+
+    preload_torch_libraries()  # so the GUI keeps drawing while torch's libraries load
     from .engine.segmenter import ITACLIP
 
     return ITACLIP(model, pretrained, device)
@@ -66,9 +78,9 @@ class _Job:
 
     layer: Image
     planes: LayerPlanes
-    classes: str
-    options: dict
+    request: Request
     model_key: tuple
+    cancel: Callable[[], bool] = lambda: False  # set to the worker's abort flag
 
 
 class SegmentationWidget(QWidget):
@@ -82,6 +94,7 @@ class SegmentationWidget(QWidget):
         self._segmenter = None
         self._model_key = None
         self._worker = None
+        self._adding = None  # the steps adding a finished run's layers, while they run
         self._filling = False  # True while the widget sets values itself (no "custom", no save)
         self._base_preset = "fast"
         # The class box text that picking an image may replace with that image's suggestion.
@@ -119,7 +132,7 @@ class SegmentationWidget(QWidget):
             tooltip="Definitions or synonyms: one 'name >=text' line per class",
         )  # fmt: skip
         self.c_def = FloatSpinBox(label="aux weight", min=0, max=1, step=0.05)
-        self.device = ComboBox(label="device", choices=["auto", *available_devices()])
+        self.device = ComboBox(label="device", choices=["auto", *device_choices()])
         parameters = Container(widgets=[self.preset, self.aux_file, self.c_def, self.device])
 
         self.short_side = SpinBox(label="short side", min=16, max=4096, step=16)
@@ -337,7 +350,8 @@ class SegmentationWidget(QWidget):
     # --------------------------------------------------------------------------- run
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        """A run is computing, or its layers are still being added."""
+        return self._worker is not None or self._adding is not None
 
     def _job(self) -> _Job:
         layer = self.image.value
@@ -360,14 +374,15 @@ class SegmentationWidget(QWidget):
         )
         preset = self._base_preset if self.preset.value == CUSTOM else self.preset.value
         overrides = {"background": self.background.value, **self.overrides()}
-        classes = self.classes.value
-        count_classes(classes, preset, overrides)  # a bad class list fails here, not in the worker
-        options = {"preset": preset, "aux_text": self.aux_file.value, **overrides}
+        # Classes, aux text and parameters are checked here, before any model loads.
+        request = prepare(
+            self.classes.value, preset=preset, aux_text=self.aux_file.value, **overrides
+        )
         pretrained = (
             str(self.weights.value) if self.weights.value else self.pretrained.value.strip()
         )
         model_key = (self.model.value.strip(), pretrained, self.device.value)
-        return _Job(layer, planes, classes, options, model_key)
+        return _Job(layer, planes, request, model_key)
 
     def run(self):
         """Start a run in a worker thread and return the worker (None if refused)."""
@@ -380,7 +395,7 @@ class SegmentationWidget(QWidget):
             show_error(f"ITACLIP: {exc}")
             return None
         worker = create_worker(self._work, job, _start_thread=False, _ignore_errors=True)
-        job.options["cancel"] = lambda: worker.abort_requested
+        job.cancel = lambda: worker.abort_requested
         worker.returned.connect(lambda result: self._on_returned(job, result))
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
@@ -407,7 +422,11 @@ class SegmentationWidget(QWidget):
             self._segmenter = self.segmenter_factory(*job.model_key)
             self._model_key = job.model_key
         return segment_planes(
-            self._segmenter, job.planes, job.classes, progress=self._show_progress, **job.options
+            self._segmenter,
+            job.planes,
+            job.request,
+            progress=self._show_progress,
+            cancel=job.cancel,
         )
 
     @ensure_main_thread
@@ -424,17 +443,25 @@ class SegmentationWidget(QWidget):
         self.stage.value = f"{stage} {done}/{total}" if total > 1 else stage
 
     def _on_returned(self, job: _Job, result):
+        # One layer per event-loop turn: adding them all at once froze napari for a second.
+        self._adding = add_result_layers_in_steps(self.viewer, result, job.layer)
+        self._add_next_layer(result.parameters["n_planes"])
+
+    def _add_next_layer(self, planes: int):
         try:
-            add_result_layers(self.viewer, result, job.layer)
+            next(self._adding)
+        except StopIteration:
+            self._adding = None
+            seconds = time.perf_counter() - self._started
+            self.last_run.value = f"last run: {seconds:.1f} s" + (
+                f" ({planes} planes)" if planes > 1 else ""
+            )
         except Exception as exc:  # a result that cannot become layers must not kill napari
+            self._adding = None
             logger.exception("adding the result layers failed")
             show_error(f"ITACLIP: could not add the result layers: {exc}")
-            return
-        seconds = time.perf_counter() - self._started
-        planes = result.parameters["n_planes"]
-        self.last_run.value = f"last run: {seconds:.1f} s" + (
-            f" ({planes} planes)" if planes > 1 else ""
-        )
+        else:
+            QTimer.singleShot(0, lambda: self._add_next_layer(planes))
 
     def _on_errored(self, exc: Exception):
         if isinstance(exc, Cancelled):

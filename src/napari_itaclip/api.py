@@ -14,7 +14,6 @@ napari is imported inside functions only, so importing this module stays cheap.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from .engine.image import PROBABILITY_BUDGET_BYTES, probability_downsample_for_budget
 from .engine.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .layers import checksum, labels_name, result_to_layer_data
 
-# Probability maps above this size are kept downsampled (see `auto_probability_downsample`).
-PROBABILITY_BUDGET_BYTES = 512 * 2**20
 MAX_CHANNELS = 3
 
 
@@ -159,52 +157,46 @@ def current_position(viewer, layer) -> tuple[float, ...]:
     return tuple(layer.world_to_data(viewer.dims.point))
 
 
-def auto_probability_downsample(n_classes: int, n_planes: int, height: int, width: int) -> int:
-    """The smallest factor f that keeps C x planes x H/f x W/f float32 within the budget."""
-    factor = 1
-    while (
-        n_classes * n_planes * math.ceil(height / factor) * math.ceil(width / factor) * 4
-        > PROBABILITY_BUDGET_BYTES
-    ):
-        factor += 1
-    return factor
+def auto_probability_downsample(
+    n_classes: int, n_planes: int, height: int, width: int, budget_mb: float | None = None
+) -> int:
+    """Deprecated: use `Request.probability_factor` (the factor the runs themselves use)."""
+    import warnings
 
-
-def count_classes(classes, preset, overrides: dict) -> int:
-    """Parse (and so validate) the class list as the run will."""
-    from .engine.classes import parse_class_list
-    from .engine.presets import resolve_preset
-
-    background = resolve_preset(preset, overrides).background
-    return len(parse_class_list(classes, background))
+    warnings.warn(
+        "auto_probability_downsample is deprecated; use Request.probability_factor",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    budget = PROBABILITY_BUDGET_BYTES if budget_mb is None else budget_mb * 2**20
+    return probability_downsample_for_budget(n_classes, height, width, budget, n_planes)
 
 
 def segment_planes(
     segmenter,
     planes: LayerPlanes,
-    classes,
+    request,
     *,
-    preset="voc21",
-    aux_text=None,
     progress: Callable[[int, int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
-    probability_downsample: int | None = None,
-    **overrides,
 ):
-    """Segment every selected plane with `segmenter.segment` and stack the results.
+    """Segment every selected plane with `segmenter.segment(plane, request)` and stack them.
 
-    Returns a `SegmentationResult` whose labels are (*stack, H, W) and probabilities
-    (C, *stack, H', W'), stack being `planes.output_stack_shape` (empty for a 2D image, when it
-    is exactly the engine's result). `probability_downsample=None` picks the factor with
-    `auto_probability_downsample`. `parameters` adds what `LayerPlanes.describe` records.
+    request: an engine `Request` (from `prepare`). Returns a `SegmentationResult` whose labels
+    are (*stack, H, W) and probabilities (C, *stack, H', W'), stack being
+    `planes.output_stack_shape` (empty for a 2D image, when it is exactly the engine's
+    result). With probability_downsample "auto" one factor serves every plane, chosen so that
+    all planes together fit the request's budget. `parameters` adds what
+    `LayerPlanes.describe` records.
     """
+    from dataclasses import replace
+
     from .engine.result import SegmentationResult
 
     indices = planes.indices()
     height, width = planes.plane_shape
-    if probability_downsample is None:
-        n_classes = count_classes(classes, preset, overrides)
-        probability_downsample = auto_probability_downsample(n_classes, len(indices), height, width)
+    factor = request.probability_factor(height, width, len(indices))
+    plane_request = replace(request, probability_downsample=factor)
     stack_shape = planes.output_stack_shape
     labels = probabilities = first = None
     timings: dict[str, float] = {}
@@ -216,14 +208,7 @@ def segment_planes(
                 progress(done, total, f"plane {_plane}/{len(indices)}: {stage}")
 
         result = segmenter.segment(
-            planes.read(index),
-            classes,
-            preset=preset,
-            aux_text=aux_text,
-            progress=report,
-            cancel=cancel,
-            probability_downsample=probability_downsample,
-            **overrides,
+            planes.read(index), plane_request, progress=report, cancel=cancel
         )
         if first is None:
             first = result
@@ -241,9 +226,14 @@ def segment_planes(
         probabilities=probabilities,
         class_names=first.class_names,
         background=first.background,
-        parameters={**first.parameters, **planes.describe(), "n_planes": len(indices)},
+        parameters={
+            **first.parameters,
+            **planes.describe(),
+            "n_planes": len(indices),
+            "probability_budget_mb": request.record_budget(),
+        },
         timings=timings,
-        probability_factor=probability_downsample,
+        probability_factor=factor,
     )
 
 
@@ -273,14 +263,18 @@ def _free_suffix(viewer, names: list[str]) -> str:
     return f" [{number}]"
 
 
-def _update_in_place(old_layers: list, layer_data: list) -> list | None:
-    """Put new data into the previous result's layers when they match one to one (same names
-    and dimensions), keeping the user's display settings; None if they do not match."""
+def _matches_in_place(old_layers: list, layer_data: list) -> bool:
+    """Whether the new layers match the previous result's one to one (same names and
+    dimensions), so that their data can be put into the old layers."""
     by_name = {layer.name: layer for layer in old_layers}
-    if sorted(by_name) != sorted(kwargs["name"] for _, kwargs, _ in layer_data) or any(
-        by_name[kwargs["name"]].ndim != np.ndim(data) for data, kwargs, _ in layer_data
-    ):
-        return None
+    return sorted(by_name) == sorted(kwargs["name"] for _, kwargs, _ in layer_data) and all(
+        by_name[kwargs["name"]].ndim == np.ndim(data) for data, kwargs, _ in layer_data
+    )
+
+
+def _update_in_place(old_layers: list, layer_data: list):
+    """Put new data into the previous result's layers, keeping the user's display settings."""
+    by_name = {layer.name: layer for layer in old_layers}
     updated = []
     for data, kwargs, _ in layer_data:
         layer = by_name[kwargs["name"]]
@@ -289,6 +283,7 @@ def _update_in_place(old_layers: list, layer_data: list) -> list | None:
             if key in kwargs:
                 setattr(layer, key, kwargs[key])
         updated.append(layer)
+        yield
     return updated
 
 
@@ -299,13 +294,21 @@ def _renamed(layer_data: list, suffix: str) -> list:
     ]
 
 
-def _add(viewer, layer_data: list) -> list:
+def _add(viewer, layer_data: list):
     from napari.layers import Layer
 
-    return [viewer.add_layer(Layer.create(*item)) for item in layer_data]
+    added = []
+    for item in layer_data:
+        # Building a layer and showing it are each a noticeable pause on a software-rendered
+        # display: separate steps, so the event loop runs in between.
+        layer = Layer.create(*item)
+        yield
+        added.append(viewer.add_layer(layer))
+        yield
+    return added
 
 
-def _replace(viewer, previous, layer_data: list) -> list:
+def _replace(viewer, previous, layer_data: list):
     """Replace the layers of the result `previous` belongs to, keeping its name suffix."""
     layer_data = _renamed(layer_data, previous.name.removeprefix(layer_data[-1][1]["name"]))
     result_id = previous.metadata["itaclip"]["result_id"]
@@ -314,15 +317,34 @@ def _replace(viewer, previous, layer_data: list) -> list:
         for layer in viewer.layers
         if layer.metadata.get("itaclip", {}).get("result_id") == result_id
     ]
-    updated = _update_in_place(old, layer_data)
-    if updated is not None:
-        return updated
+    if _matches_in_place(old, layer_data):
+        return (yield from _update_in_place(old, layer_data))
     position = min(viewer.layers.index(layer) for layer in old)
     for layer in old:
         viewer.layers.remove(layer)
-    added = _add(viewer, layer_data)
+    yield
+    added = yield from _add(viewer, layer_data)
     viewer.layers.move_multiple([viewer.layers.index(layer) for layer in added], position)
     return added
+
+
+def add_result_layers_in_steps(viewer, result, source_layer):
+    """`add_result_layers` as a generator that yields between layers and returns the layers
+    (StopIteration.value), so a GUI can let its event loop run between the steps."""
+    from napari.utils.notifications import show_info
+
+    layer_data = result_to_layer_data(result, source_layer)
+    previous = _replaceable(viewer, source_layer.name)
+    if previous is not None:
+        return (yield from _replace(viewer, previous, layer_data))
+    name = layer_data[-1][1]["name"]
+    suffix = _free_suffix(viewer, [kwargs["name"] for _, kwargs, _ in layer_data])
+    if suffix:
+        show_info(
+            f"Kept the existing {name!r} (edited, loaded or not made by ITACLIP); the new "
+            f"result is named {name + suffix!r}."
+        )
+    return (yield from _add(viewer, _renamed(layer_data, suffix)))
 
 
 def add_result_layers(viewer, result, source_layer) -> list:
@@ -335,20 +357,12 @@ def add_result_layers(viewer, result, source_layer) -> list:
     kept untouched and the new layers get a numbered name, `<image> labels [1]`,
     `<image> p(cat) [1]`, ...
     """
-    from napari.utils.notifications import show_info
-
-    layer_data = result_to_layer_data(result, source_layer)
-    previous = _replaceable(viewer, source_layer.name)
-    if previous is not None:
-        return _replace(viewer, previous, layer_data)
-    name = layer_data[-1][1]["name"]
-    suffix = _free_suffix(viewer, [kwargs["name"] for _, kwargs, _ in layer_data])
-    if suffix:
-        show_info(
-            f"Kept the existing {name!r} (edited, loaded or not made by ITACLIP); the new "
-            f"result is named {name + suffix!r}."
-        )
-    return _add(viewer, _renamed(layer_data, suffix))
+    steps = add_result_layers_in_steps(viewer, result, source_layer)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 class _NapariProgress:
@@ -392,7 +406,8 @@ def segment_layer(
     pretrained (tag or weights file), device and precision. progress: show a napari progress
     bar. planes: "all" (every plane of a stack, one stacked output) or "current" (the plane the
     viewer shows). channel_axis, channels: map up to 3 channels of a multichannel layer to RGB.
-    options: preset, aux_text, probability_downsample (None = automatic) and any preset
+    options: preset, aux_text, probability_downsample (None = automatic: within
+    probability_budget_mb, default 512 MiB, over all planes together) and any preset
     parameter (short_side, stride, ...). Runs synchronously, in the calling thread.
     """
     if isinstance(layer, str):
@@ -408,13 +423,16 @@ def segment_layer(
     source = LayerPlanes.from_layer(
         layer, channel_axis=channel_axis, channels=channels, position=position
     )
+    from .engine.request import prepare
+
+    request = prepare(classes, **options)  # a bad class list fails before any model loads
     if segmenter is None:
         from .engine.segmenter import ITACLIP
 
         segmenter = ITACLIP(model, pretrained, device, precision)
     report = _NapariProgress() if progress else None
     try:
-        result = segment_planes(segmenter, source, classes, progress=report, **options)
+        result = segment_planes(segmenter, source, request, progress=report)
     finally:
         if report is not None:
             report.close()

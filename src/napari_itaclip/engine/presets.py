@@ -1,30 +1,130 @@
-"""Presets as plain data (METHOD.md section 8) and the names of every tunable parameter."""
+"""Every run parameter, declared once, and the presets as plain data (docs/method.md §8).
+
+Each `Preset` field carries its label, range, step and help text as field metadata;
+`PARAMETERS` lists them. The widget's controls, the command-line options, the saved widget
+settings, the table in docs/presets.md and the validation below are all derived from it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """How one run parameter is shown, bounded and explained."""
+
+    name: str
+    kind: type  # int, float, bool or tuple (a tuple of positive ints)
+    label: str
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    optional: bool = False  # None is allowed and means "off"; faces show it as 0
+
+    @property
+    def option(self) -> str:
+        """The command-line option: `--short-side`."""
+        return "--" + self.name.replace("_", "-")
+
+
+def _declare(label, help, minimum=None, maximum=None, step=None):
+    return {"label": label, "help": help, "minimum": minimum, "maximum": maximum, "step": step}
 
 
 @dataclass(frozen=True)
 class Preset:
     """Every parameter of one run. Field names are the `**overrides` of `ITACLIP.segment`."""
 
-    short_side: int  # the resized image's short side S (pixels)
-    logit_scale: float  # multiplies the cosine logits before the softmax over queries
-    c_img: float  # weight of the original/grey/blur views against the flipped views
-    c_def: float  # weight of the auxiliary-text feature in a fused query feature
-    prob_thd: float  # pixels whose best class probability is below this get label 0
-    area_thd: float | None  # a class must cover more than this share of non-background pixels
-    background: bool  # whether line 0 of the class list is background
-    class_set: str | None = None  # the built-in class list this preset was made for
-    aux_kind: str | None = None  # the kind of auxiliary text the paper used ("definitions"...)
-    max_long_side: int = 2048  # the resized long side never exceeds this
-    crop: int = 224  # sliding-window size (pixels of the resized image)
-    stride: int = 28  # sliding-window step
-    image_engineering: bool = True  # five views per window (original, grey, blur, 2 flips)
-    pamr_steps: int = 10  # PAMR iterations (0 disables PAMR)
-    pamr_dilations: tuple[int, ...] = (8, 16)
-    closing: bool = True  # 3x3 grey-level closing of the label image
+    short_side: int = field(
+        metadata=_declare(
+            "short side",
+            "The image is resized so that its short side has this many pixels.",
+            16, 4096, 16,
+        )
+    )  # fmt: skip
+    logit_scale: float = field(
+        metadata=_declare(
+            "logit scale",
+            "Multiplies the cosine similarities before the softmax over classes; higher is "
+            "sharper.",
+            0.1, 1000, 5,
+        )
+    )  # fmt: skip
+    c_img: float = field(
+        metadata=_declare(
+            "views weight",
+            "Weight of the original, grey and blurred views against the two flipped views.",
+            0, 1, 0.05,
+        )
+    )  # fmt: skip
+    c_def: float = field(
+        metadata=_declare(
+            "aux weight",
+            "Weight of the auxiliary text (definitions or synonyms) in each class's text "
+            "feature.",
+            0, 1, 0.05,
+        )
+    )  # fmt: skip
+    prob_thd: float = field(
+        metadata=_declare(
+            "probability thr.",
+            "Pixels whose best class probability is below this get the first class.",
+            0, 1, 0.05,
+        )
+    )  # fmt: skip
+    area_thd: float | None = field(
+        metadata=_declare(
+            "area thr.",
+            "A class must cover more than this share of the non-background pixels, else it "
+            "is removed (0 or none: off).",
+            0, 0.99, 0.05,
+        )
+    )  # fmt: skip
+    background: bool = field(
+        metadata=_declare("first line is background", "Whether the first class is background.")
+    )
+    max_long_side: int = field(
+        default=2048,
+        metadata=_declare(
+            "max long side",
+            "The resized image's long side never exceeds this many pixels.",
+            16, 8192, 16,
+        ),
+    )  # fmt: skip
+    crop: int = field(
+        default=224,
+        metadata=_declare(
+            "crop", "Sliding-window size, in pixels of the resized image.", 16, 1024, 16
+        ),
+    )
+    stride: int = field(
+        default=28,
+        metadata=_declare("stride", "Sliding-window step, in pixels of the resized image.", 1, 1024, 4),
+    )  # fmt: skip
+    image_engineering: bool = field(
+        default=True,
+        metadata=_declare(
+            "image engineering (5 views)",
+            "Five views per window (original, grey, blurred, two flips) instead of one.",
+        ),
+    )
+    pamr_steps: int = field(
+        default=10,
+        metadata=_declare("PAMR steps", "PAMR refinement iterations (0: off).", 0, 50, 1),
+    )
+    pamr_dilations: tuple[int, ...] = field(
+        default=(8, 16),
+        metadata=_declare("PAMR dilations", "Dilations of PAMR's 3x3 neighbourhoods.", 1, 64),
+    )
+    closing: bool = field(
+        default=True,
+        metadata=_declare("closing (3x3)", "A 3x3 grey-level closing of the label image."),
+    )
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -32,20 +132,66 @@ class Preset:
         return values
 
 
+def _parameter(declared) -> Parameter:
+    hint = typing.get_type_hints(Preset)[declared.name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in args if a is not type(None))
+    kind = tuple if typing.get_origin(hint) is tuple else hint
+    return Parameter(declared.name, kind, optional=optional, **declared.metadata)
+
+
+PARAMETERS: dict[str, Parameter] = {f.name: _parameter(f) for f in fields(Preset)}
+PARAMETER_NAMES = tuple(PARAMETERS)
+
+
 PRESETS: dict[str, Preset] = {
-    "voc21": Preset(336, 60, 0.7, 0.05, 0.1, 0.1, True, "voc21", "definitions"),
-    "context60": Preset(336, 55, 0.75, 0.15, 0.1, None, True, "context60", "definitions"),
-    "coco_object": Preset(336, 50, 0.75, 0.1, 0.1, None, True, "coco_object", "synonyms"),
-    "coco_stuff": Preset(448, 40, 0.75, 0.2, 0.0, None, False, "coco_stuff", "definitions"),
-    "cityscapes": Preset(560, 40, 0.7, 0.05, 0.0, None, False, "cityscapes", "synonyms"),
+    "voc21": Preset(
+        short_side=336, logit_scale=60, c_img=0.7, c_def=0.05, prob_thd=0.1, area_thd=0.1,
+        background=True,
+    ),
+    "context60": Preset(
+        short_side=336, logit_scale=55, c_img=0.75, c_def=0.15, prob_thd=0.1, area_thd=None,
+        background=True,
+    ),
+    "coco_object": Preset(
+        short_side=336, logit_scale=50, c_img=0.75, c_def=0.1, prob_thd=0.1, area_thd=None,
+        background=True,
+    ),
+    "coco_stuff": Preset(
+        short_side=448, logit_scale=40, c_img=0.75, c_def=0.2, prob_thd=0.0, area_thd=None,
+        background=False,
+    ),
+    "cityscapes": Preset(
+        short_side=560, logit_scale=40, c_img=0.7, c_def=0.05, prob_thd=0.0, area_thd=None,
+        background=False,
+    ),
     # Interactive/CPU use: 1 view instead of 5 and a 4x coarser window grid (6 encoder passes
     # instead of 225 on a 500x375 image, about 1/37), and half the PAMR steps.
     "fast": Preset(
-        336, 50, 0.75, 0.1, 0.0, None, False, stride=112, image_engineering=False, pamr_steps=5
+        short_side=336, logit_scale=50, c_img=0.75, c_def=0.1, prob_thd=0.0, area_thd=None,
+        background=False, stride=112, image_engineering=False, pamr_steps=5,
     ),
-}
+}  # fmt: skip
 
-PARAMETER_NAMES = tuple(f.name for f in fields(Preset))
+
+@dataclass(frozen=True)
+class PaperSetting:
+    """What the paper used a preset with: its dataset's class list and auxiliary text kind."""
+
+    class_set: str
+    aux_kind: str
+    miou: float  # the mIoU the paper reports with ViT-B/16 OpenAI weights
+
+
+PAPER_SETTINGS: dict[str, PaperSetting] = {
+    "voc21": PaperSetting("voc21", "definitions", 67.9),
+    "context60": PaperSetting("context60", "definitions", 37.5),
+    "coco_object": PaperSetting("coco_object", "synonyms", 37.7),
+    "coco_stuff": PaperSetting("coco_stuff", "definitions", 27.0),
+    "cityscapes": PaperSetting("cityscapes", "synonyms", 40.2),
+}
 
 
 def resolve_preset(preset: str | Preset, overrides: dict) -> Preset:
@@ -62,40 +208,41 @@ def resolve_preset(preset: str | Preset, overrides: dict) -> Preset:
             f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(PARAMETER_NAMES)}"
         )
     values = dict(overrides)
-    if "pamr_dilations" in values:
-        values["pamr_dilations"] = tuple(int(d) for d in values["pamr_dilations"])
+    if values.get("pamr_dilations") is not None and not isinstance(values["pamr_dilations"], str):
+        values["pamr_dilations"] = tuple(values["pamr_dilations"])
     resolved = replace(base, **values)
     validate(resolved)
     return resolved
 
 
-def validate(p: Preset) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ValueError(message)
+def _check_value(p: Parameter, value) -> None:
+    if value is None and p.optional:
+        return
+    if p.kind is bool:
+        ok, expected = isinstance(value, bool), "true or false"
+    elif p.kind is int:
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif p.kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a number"
+    else:  # a tuple of integers
+        ok = isinstance(value, tuple) and len(value) > 0
+        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        expected = "a non-empty list of integers"
+    if not ok:
+        raise ValueError(f"{p.name} must be {expected}, got {value!r}")
+    values = value if p.kind is tuple else (value,)
+    low = -math.inf if p.minimum is None else p.minimum
+    high = math.inf if p.maximum is None else p.maximum
+    if p.kind is not bool and not all(low <= v <= high for v in values):
+        raise ValueError(f"{p.name} must be in [{low:g}, {high:g}], got {value!r}")
 
-    for name in ("short_side", "max_long_side", "crop", "stride"):
-        value = getattr(p, name)
-        need(
-            isinstance(value, int) and value > 0,
-            f"{name} must be a positive integer, got {value!r}",
-        )
-    need(p.crop >= 16, f"crop must be at least one 16-pixel patch, got {p.crop}")
-    need(p.stride <= p.crop, f"stride ({p.stride}) must not be larger than crop ({p.crop})")
-    need(p.max_long_side >= p.short_side, "max_long_side must be at least short_side")
-    need(p.logit_scale > 0, f"logit_scale must be positive, got {p.logit_scale}")
-    need(0 <= p.c_img <= 1, f"c_img must be in [0, 1], got {p.c_img}")
-    need(0 <= p.c_def <= 1, f"c_def must be in [0, 1], got {p.c_def}")
-    need(0 <= p.prob_thd <= 1, f"prob_thd must be in [0, 1], got {p.prob_thd}")
-    need(
-        p.area_thd is None or 0 <= p.area_thd < 1,
-        f"area_thd must be None or in [0, 1), got {p.area_thd}",
-    )
-    need(
-        isinstance(p.pamr_steps, int) and p.pamr_steps >= 0,
-        f"pamr_steps must be a non-negative integer, got {p.pamr_steps!r}",
-    )
-    need(
-        len(p.pamr_dilations) > 0 and all(d > 0 for d in p.pamr_dilations),
-        f"pamr_dilations must be positive integers, got {p.pamr_dilations}",
-    )
+
+def validate(preset: Preset) -> None:
+    """Types and ranges from `PARAMETERS`, then the rules that tie parameters together."""
+    for p in PARAMETERS.values():
+        _check_value(p, getattr(preset, p.name))
+    if preset.stride > preset.crop:
+        raise ValueError(f"stride ({preset.stride}) must not be larger than crop ({preset.crop})")
+    if preset.max_long_side < preset.short_side:
+        raise ValueError("max_long_side must be at least short_side")

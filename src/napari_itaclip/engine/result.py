@@ -16,7 +16,7 @@ class SegmentationResult:
     """The output of one `ITACLIP.segment` call.
 
     labels: (H, W) class ids at the original image size (uint8 up to 256 classes, else uint16).
-    probabilities: (C, H', W') float32 class probabilities (METHOD.md 7.6). H' = ceil(H / f),
+    probabilities: (C, H', W') float32 class probabilities (docs/method.md §7.6). H' = ceil(H / f),
         W' = ceil(W / f) where f = `probability_factor` (1 unless a downsampled copy was asked for);
         a downsampled pixel is the mean of the f x f block it covers.
     class_names: the first name of each class, in class-id order.
@@ -36,3 +36,14 @@ class SegmentationResult:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+
+def package_version() -> str:
+    """The installed napari-itaclip version, for run records (read from the distribution, so
+    the engine needs nothing from the package above it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("napari-itaclip")
+    except metadata.PackageNotFoundError:
+        return "unknown"

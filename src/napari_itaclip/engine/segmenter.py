@@ -9,6 +9,7 @@ bilinear upsampling to the original size, PAMR, query softmax, variant max -> ar
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
 from . import image as image_stage
-from .classes import ClassList, parse_aux_text, parse_class_list
+from .classes import ClassList
 from .encoder import check_supported, encode_dense, pack_linear_weights, patch_size
 from .models import (
     DEFAULT_MODEL,
@@ -39,15 +39,15 @@ from .postprocess import (
     labels_from_probabilities,
     surviving_classes,
 )
-from .presets import Preset, resolve_preset
+from .presets import Preset
+from .request import Request, prepare
 from .resample import upsample_rows
-from .result import Cancelled, SegmentationResult
+from .result import Cancelled, SegmentationResult, package_version
 from .text import (
     TextFeatureCache,
     cache_root,
     fuse_aux_text,
     query_features,
-    text_tower_fingerprint,
 )
 from .windows import N_VIEWS, crop_views, sliding_windows, stitch_window, views_to_grid_logits
 
@@ -57,6 +57,28 @@ Progress = Callable[[int, int, str], None]
 DEFAULT_BAND_MEMORY_MB = 1536
 # Queries iterated together by PAMR inside a band.
 PAMR_QUERY_CHUNK = 8
+# Allocation failures that CUDA, cuBLAS and cuDNN report as plain RuntimeErrors.
+OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED",
+)
+
+
+def is_out_of_memory(error: RuntimeError) -> bool:
+    """Whether `error` says the device ran out of memory (and nothing else went wrong)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or any(
+        message in str(error) for message in OUT_OF_MEMORY_MESSAGES
+    )
+
+
+def _one_torch_thread() -> None:
+    """Encoder pool initialiser: this worker computes with one torch thread."""
+    # A thread takes the process-wide count on its first torch call; make that call first, or
+    # it would later replace the 1 with whatever another thread has set since.
+    torch.get_num_threads()
+    torch.set_num_threads(1)
 
 
 class ITACLIP:
@@ -70,10 +92,17 @@ class ITACLIP:
         weights file (OpenAI .pt archive or state dict). OpenAI weights get QuickGELU.
     device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps".
     precision: "auto" (fp16 autocast on CUDA, fp32 elsewhere), "fp32", "fp16" or "bf16".
-    batch_size: encoder images per chunk (default 128 on CUDA, 16 elsewhere); halved
-        automatically on CUDA out-of-memory.
+    batch_size: encoder images per chunk (default 128 on CUDA, 16 elsewhere). On GPU
+        out-of-memory the chunk is halved for the rest of that run; every run starts again
+        from batch_size.
     cache_dir: text-feature cache folder (default $NAPARI_ITACLIP_CACHE or the user cache);
         `False` keeps features in memory only.
+
+    Threads: `segment` calls on one segmenter take turns (a second caller waits for the first
+    run to end), since runs share the model and the text cache; separate segmenters run side
+    by side. On a multi-core CPU the encoder splits each chunk across as many worker threads
+    as `torch.get_num_threads()` gave when the segmenter was built, one torch thread each; the
+    calling thread's own torch thread count is never changed.
     """
 
     def __init__(
@@ -140,6 +169,11 @@ class ITACLIP:
         self.precision = precision
         self.batch_size = batch_size or (128 if device.type == "cuda" else 16)
         self.band_memory_mb = band_memory_mb
+        # Taken once: a thread whose first torch call falls while another run's encoder
+        # workers start reads 1.
+        self._encoder_threads = torch.get_num_threads()
+        # Re-entrant so that a progress or cancel callback may itself run a segmentation.
+        self._run_lock = threading.RLock()
         self._cache_dir = cache_dir
         self._text_cache: TextFeatureCache | None = None
 
@@ -147,12 +181,17 @@ class ITACLIP:
     @property
     def text_cache(self) -> TextFeatureCache:
         if self._text_cache is None:
-            key = f"{text_tower_fingerprint(self.model)}-{self.precision}"
             use_disk = self._cache_dir is not False
             root = None if self._cache_dir in (None, False) else self._cache_dir
             from pathlib import Path
 
-            self._text_cache = TextFeatureCache(key, Path(root) if root else cache_root(), use_disk)
+            self._text_cache = TextFeatureCache.for_model(
+                self.model,
+                self.precision,
+                self.device,
+                Path(root) if root else cache_root(),
+                use_disk,
+            )
         return self._text_cache
 
     def text_features(
@@ -176,39 +215,36 @@ class ITACLIP:
     def segment(
         self,
         image,
-        classes,
+        classes=None,
         *,
-        preset: str | Preset = "voc21",
-        aux_text=None,
+        request: Request | None = None,
         progress: Progress | None = None,
         cancel: Callable[[], bool] | None = None,
-        probability_downsample: int = 1,
-        **overrides,
+        **options,
     ) -> SegmentationResult:
-        """Segment `image` into `classes`.
+        """Segment `image` into the classes of a request.
 
         image: numpy (H, W), (H, W, 3) or (H, W, 4); see `image.to_rgb_uint8` for dtypes.
-        classes: list of class strings (", " separates variants), text block, file path or a
-            built-in set name ("voc21", ...).
-        preset: "voc21", "context60", "coco_object", "coco_stuff", "cityscapes" or "fast".
-        aux_text: `name >=text` lines (path, text or mapping), weighted by c_def.
+        request: a `Request` from `prepare` (it may also be given as `classes`). Without one,
+            `classes` and `options` (preset, aux_text, probability_downsample,
+            probability_budget_mb and any `PARAMETERS` name) are passed to `prepare` first.
         progress: called as progress(done, total, stage) per text batch, encoder chunk and band.
-        cancel: polled between chunks and bands; returning True raises `Cancelled`.
-        probability_downsample: keep probabilities at 1/f of the size (f x f block means).
-        overrides: any `Preset` field (short_side, crop, stride, image_engineering, c_img,
-            c_def, logit_scale, prob_thd, area_thd, pamr_steps, pamr_dilations, closing,
-            background, max_long_side).
+        cancel: polled between text batches, encoder chunks, bands and PAMR steps; returning
+            True raises `Cancelled`.
         """
         start = time.perf_counter()
-        timings: dict[str, float] = {}
-        params = resolve_preset(preset, overrides)
-        if not isinstance(probability_downsample, int) or probability_downsample < 1:
-            raise ValueError(
-                f"probability_downsample must be a positive integer, got {probability_downsample!r}"
-            )
+        if isinstance(classes, Request):
+            classes, request = None, classes
+        if request is None:
+            if classes is None:
+                raise TypeError("segment() needs classes (or a request from prepare())")
+            request = prepare(classes, **options)
+        elif classes is not None or options:
+            raise TypeError("give segment() either a request or classes and options, not both")
+        params = request.params
         rgb = image_stage.to_rgb_uint8(image)
-        class_list = parse_class_list(classes, params.background)
-        aux_texts = parse_aux_text(aux_text, class_list) if aux_text is not None else None
+        image_stage.check_image_size(*rgb.shape[:2], params, max(patch_size(self.model.visual)))
+        factor = request.probability_factor(*rgb.shape[:2])
         report = progress or (lambda done, total, stage: None)
 
         def checkpoint():
@@ -216,67 +252,67 @@ class ITACLIP:
                 raise Cancelled("segmentation cancelled")
 
         checkpoint()
-        with torch.inference_mode():
-            tick = time.perf_counter()
-            text = self.text_features(class_list, aux_texts, params.c_def, report, checkpoint)
-            timings["text"] = time.perf_counter() - tick
-
-            tick = time.perf_counter()
-            resized = image_stage.resize_short_side(rgb, params.short_side, params.max_long_side)
-            normalised = image_stage.normalise(resized)[0].to(self.device)
-            timings["resize"] = time.perf_counter() - tick
-
-            tick = time.perf_counter()
-            logits = self.window_logits(normalised, text, params, report, checkpoint)
-            timings["encoder"] = time.perf_counter() - tick
-
-            tick = time.perf_counter()
-            labels, probabilities = self.refine(
-                normalised,
-                logits,
-                rgb.shape[:2],
-                class_list,
-                params,
-                probability_downsample,
-                report,
-                checkpoint,
-            )
-            timings["refine"] = time.perf_counter() - tick
-
-        if params.closing:
-            tick = time.perf_counter()
-            labels = close_labels(labels)
-            timings["closing"] = time.perf_counter() - tick
-        timings["total"] = time.perf_counter() - start
-
-        parameters = {
-            **params.to_dict(),
-            "classes": class_list.to_text(),
-            "aux_text": None
-            if aux_texts is None
-            else "\n".join(
-                f"{name} >={text}"
-                for name, text in zip(
-                    class_list.class_names[int(class_list.background) :], aux_texts, strict=False
+        timings: dict[str, float] = {}
+        with self._run_lock, torch.inference_mode():
+            with self._timed(timings, "text"):
+                text = self.text_features(
+                    request.class_list, request.aux_texts, params.c_def, report, checkpoint
                 )
-            ),
-            "probability_downsample": probability_downsample,
-            "model": self.model_identity,
-            "device": str(self.device),
-            "precision": self.precision,
-            "image_shape": list(rgb.shape[:2]),
-            "resized_shape": list(resized.shape[:2]),
-            "napari_itaclip_version": __version__,
-        }
+            with self._timed(timings, "resize"):
+                resized = image_stage.resize_short_side(
+                    rgb, params.short_side, params.max_long_side
+                )
+                normalised = image_stage.normalise(resized)[0].to(self.device)
+            with self._timed(timings, "encoder"):
+                logits = self.window_logits(normalised, text, params, report, checkpoint)
+            with self._timed(timings, "refine"):
+                labels, probabilities = self.refine(
+                    normalised,
+                    logits,
+                    rgb.shape[:2],
+                    request.class_list,
+                    params,
+                    factor,
+                    report,
+                    checkpoint,
+                )
+        if params.closing:
+            with self._timed(timings, "closing"):
+                labels = close_labels(labels)
+        timings["total"] = time.perf_counter() - start
         return SegmentationResult(
             labels=labels,
             probabilities=probabilities,
-            class_names=class_list.class_names,
-            background=class_list.background,
-            parameters=parameters,
+            class_names=request.class_names,
+            background=request.class_list.background,
+            parameters=self.run_record(request, factor, rgb.shape[:2], resized.shape[:2]),
             timings=timings,
-            probability_factor=probability_downsample,
+            probability_factor=factor,
         )
+
+    def run_record(self, request: Request, factor: int, image_shape, resized_shape) -> dict:
+        """Everything a result was made with (JSON-ready): the one place it is built."""
+        return {
+            **request.record(),
+            "probability_downsample": factor,
+            "probability_budget_mb": request.record_budget(),
+            "model": self.model_identity,
+            "device": str(self.device),
+            "precision": self.precision,
+            "image_shape": [int(s) for s in image_shape],
+            "resized_shape": [int(s) for s in resized_shape],
+            "napari_itaclip_version": package_version(),
+        }
+
+    @contextmanager
+    def _timed(self, timings: dict[str, float], stage: str):
+        """Add a stage's wall time to `timings`; on CUDA, after the device has finished it
+        (kernels run asynchronously, so without the sync the time lands in a later stage)."""
+        tick = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - tick
 
     # --------------------------------------------------------------- encoder
     def window_logits(
@@ -290,19 +326,24 @@ class ITACLIP:
         """(Q, h, w) stitched, count-averaged window logits at the resized size."""
         _, h, w = normalised.shape
         windows = sliding_windows(h, w, params.crop, params.stride)
+        views = N_VIEWS if params.image_engineering else 1
+        # Every run starts from the configured batch size, so one memory spike slows one run.
+        windows_per_chunk = max(1, self.batch_size // views)
         canvas = torch.zeros((text.shape[0], h, w), device=self.device)
         count = torch.zeros((h, w), device=self.device)
         done = 0
         with self._cpu_data_parallel() as encode:
             while done < len(windows):
                 checkpoint()
-                views = N_VIEWS if params.image_engineering else 1
-                chunk = windows[done : done + max(1, self.batch_size // views)]
+                chunk = windows[done : done + windows_per_chunk]
                 crops = torch.stack(
                     [normalised[:, win.y0 : win.y1, win.x0 : win.x1] for win in chunk]
                 )
                 grid_logits = self._encode_windows(encode, crops, text, params)
-                if grid_logits is None:  # out of memory: batch_size was halved, retry the chunk
+                if grid_logits is None:  # out of memory: retry with half as many windows
+                    if len(chunk) == 1:
+                        raise MemoryError(self._out_of_memory_message(params))
+                    windows_per_chunk = len(chunk) // 2
                     continue
                 for window, crop_logits in zip(chunk, grid_logits, strict=True):
                     stitch_window(canvas, count, crop_logits, window)
@@ -324,13 +365,14 @@ class ITACLIP:
         every operation split across threads (see docs/performance.md). Images are
         independent, so the result is the same. Other devices encode directly.
         """
-        threads = torch.get_num_threads()
+        threads = self._encoder_threads
         if self.device.type != "cpu" or threads < 2:
             yield self._encode_images
             return
-        torch.set_num_threads(1)
         try:
-            with ThreadPoolExecutor(threads, thread_name_prefix="itaclip-encoder") as pool:
+            with ThreadPoolExecutor(
+                threads, thread_name_prefix="itaclip-encoder", initializer=_one_torch_thread
+            ) as pool:
 
                 def encode(images: torch.Tensor) -> torch.Tensor:
                     parts = images.tensor_split(min(threads, len(images)))
@@ -338,25 +380,41 @@ class ITACLIP:
 
                 yield encode
         finally:
-            torch.set_num_threads(threads)
+            # The workers' set_num_threads(1) also set the count that threads starting later
+            # begin with; give back the caller's, which itself never changed.
+            torch.set_num_threads(torch.get_num_threads())
 
     def _encode_windows(self, encode, crops, text, params: Preset):
+        """Grid logits of a chunk of windows, or None when the device ran out of memory."""
         grid = tuple(
             s // p for s, p in zip(crops.shape[-2:], patch_size(self.model.visual), strict=True)
         )
         try:
             tokens = encode(crop_views(crops, params.image_engineering))
             return views_to_grid_logits(tokens, text, grid, params.image_engineering, params.c_img)
-        except torch.cuda.OutOfMemoryError:
-            views = N_VIEWS if params.image_engineering else 1
-            if self.batch_size <= views:
-                raise MemoryError(
-                    "out of GPU memory even with one window per chunk; free GPU memory, use "
-                    "precision='fp16' or device='cpu'"
-                ) from None
-            torch.cuda.empty_cache()
-            self.batch_size = max(views, self.batch_size // 2)
-            return None
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+        # Only outside the handler is the traceback gone, and with it the failed chunk's
+        # tensors, so only now can their cached memory be given back.
+        torch.cuda.empty_cache()
+        return None
+
+    def _out_of_memory_message(self, params: Preset) -> str:
+        """What could still help when even one window does not fit."""
+        fixes = ["free GPU memory (other programs or models on it)"]
+        if self.precision == "fp32":
+            fixes.append("precision='fp16'")
+        if params.image_engineering:
+            fixes.append("image_engineering=False (1 image per window instead of 5)")
+        fixes.append(f"a smaller crop (now {params.crop})")
+        if self.device.type != "cpu":
+            fixes.append("device='cpu'")
+        return (
+            "out of GPU memory even with one window per chunk; try "
+            + ", ".join(fixes[:-1])
+            + f" or {fixes[-1]}"
+        )
 
     # ---------------------------------------------------------------- refine
     def band_rows(self, n_queries: int, width: int, margin: int, factor: int) -> int:
@@ -401,12 +459,15 @@ class ITACLIP:
                 return class_probabilities(band, query_class, n_classes, params.logit_scale)
             # PAMR over the band plus its halo; queries are independent given the affinities,
             # so they are iterated a chunk at a time and only the band's own rows are kept.
+            # A band can take tens of seconds, so cancel is polled before every PAMR step.
             e0, e1 = max(0, y0 - margin), min(height, y1 + margin)
             affinity = pamr_affinity(upsample_rows(normalised, size, e0, e1), params.pamr_dilations)
             band = torch.empty((logits.shape[0], y1 - y0, width), device=self.device)
             for q0 in range(0, logits.shape[0], PAMR_QUERY_CHUNK):
                 chunk = upsample_rows(logits[q0 : q0 + PAMR_QUERY_CHUNK], size, e0, e1)
-                chunk = pamr_iterate(chunk, affinity, params.pamr_dilations, params.pamr_steps)
+                chunk = pamr_iterate(
+                    chunk, affinity, params.pamr_dilations, params.pamr_steps, checkpoint
+                )
                 band[q0 : q0 + PAMR_QUERY_CHUNK] = chunk[:, y0 - e0 : y1 - e0]
             return class_probabilities(band, query_class, n_classes, params.logit_scale)
 
