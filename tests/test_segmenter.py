@@ -5,6 +5,7 @@ import json
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ import torch
 
 from napari_itaclip import ITACLIP, Cancelled, SegmentationResult
 from napari_itaclip.engine.presets import PRESETS
+from napari_itaclip.engine.refine import band_rows
 
 SMALL = {"short_side": 64, "stride": 56}
 CLASSES = ["background, sky", "red thing, red blob", "blue thing"]
@@ -95,11 +97,24 @@ def test_small_bands_equal_one_band(tiny_clip, rgb_image):
     image = np.repeat(rgb_image, 4, axis=0)  # 240 rows: several 64-row bands with a 160-row halo
     one = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
     banded = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, band_memory_mb=1)
-    assert banded.band_rows(80, image.shape[1], 160, 1) < image.shape[0]
+    assert band_rows(80, image.shape[1], 160, 1, banded.band_memory_mb) < image.shape[0]
     a = one.segment(image, "voc21", preset="voc21", **SMALL)
     b = banded.segment(image, "voc21", preset="voc21", **SMALL)
     np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
     np.testing.assert_array_equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("factor", [1, 3, 4])
+def test_band_working_set_fits_the_budget(factor):
+    n_queries, width, margin, budget_mb = 40, 1000, 160, 256
+    rows = band_rows(n_queries, width, margin, factor, budget_mb)
+    assert rows % factor == 0 and rows > 64
+    halo_floats = (rows + 2 * margin) * (25 + 3 * 8)  # image, affinities, one query chunk
+    assert (rows * 2 * n_queries + halo_floats) * 4 * width <= budget_mb * 2**20
+    taller = rows + factor
+    assert (taller * 2 * n_queries + (taller + 2 * margin) * 49) * 4 * width > budget_mb * 2**20
+    # a budget too small for any band still gives bands of at least 64 rows
+    assert band_rows(n_queries, width, margin, factor, 1) >= 64
 
 
 def test_downsampled_probabilities_are_block_means(segmenter, rgb_image):
@@ -173,7 +188,7 @@ def test_openai_layout_file_loads_with_quickgelu_and_openai_rounding(
 ):
     from open_clip.transformer import QuickGELU
 
-    loaded = ITACLIP(pretrained=str(tiny_weights), device="cpu", cache_dir=False)
+    loaded = ITACLIP.from_pretrained(pretrained=str(tiny_weights), device="cpu", cache_dir=False)
     assert isinstance(loaded.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
     # OpenAI's loader stores linear weights in fp16 first: the same weights rounded that way
     w = loaded.model.visual.transformer.resblocks[0].attn.in_proj_weight
@@ -185,11 +200,11 @@ def test_openai_layout_file_loads_with_quickgelu_and_openai_rounding(
 
 def test_weights_file_errors(tmp_path):
     with pytest.raises(ValueError, match="not found"):
-        ITACLIP(pretrained=str(tmp_path / "missing.pt"), device="cpu")
+        ITACLIP.from_pretrained(pretrained=str(tmp_path / "missing.pt"), device="cpu")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read weights file"):
-        ITACLIP(pretrained=str(junk), device="cpu")
+        ITACLIP.from_pretrained(pretrained=str(junk), device="cpu")
 
 
 def test_offline_without_weights_says_how_to_fix(monkeypatch):
@@ -198,13 +213,80 @@ def test_offline_without_weights_says_how_to_fix(monkeypatch):
     monkeypatch.setattr(models, "weights_cached", lambda *a: False)
     monkeypatch.setattr(models, "_reachable", lambda host, timeout=3.0: False)
     with pytest.raises(models.WeightsUnavailableError, match="NAPARI_ITACLIP_WEIGHTS") as info:
-        ITACLIP(device="cpu")
+        ITACLIP.from_pretrained(device="cpu")
     assert "pretrained=" in str(info.value)
 
 
 def test_weights_env_variable_replaces_default(monkeypatch, tiny_weights):
     monkeypatch.setenv("NAPARI_ITACLIP_WEIGHTS", str(tiny_weights))
-    assert ITACLIP(device="cpu", cache_dir=False).model_identity.startswith("file:")
+    assert ITACLIP.from_pretrained(device="cpu", cache_dir=False).model_identity.startswith("file:")
+
+
+# ------------------------------------------------------------- construction
+def test_constructor_takes_built_parts(tiny_clip, rgb_image):
+    import open_clip
+
+    tokenizer = open_clip.tokenizer.SimpleTokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seg = ITACLIP(tiny_clip, tokenizer, "tiny/v1", device="cpu", cache_dir=False)
+    assert seg.tokenizer is tokenizer and seg.device == torch.device("cpu")
+    assert seg.segment(rgb_image, CLASSES, preset="fast", **SMALL).parameters["model"] == "tiny/v1"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda clip: ITACLIP(clip), "from_open_clip"),
+        (lambda clip: ITACLIP(clip, object(), "x", quick_gelu=True), "quick_gelu"),
+        (lambda clip: ITACLIP.from_open_clip("ViT-B-16"), "from_pretrained"),
+    ],
+)
+def test_constructor_misuse_says_which_factory(tiny_clip, make, message):
+    with pytest.raises(TypeError, match=message):
+        make(tiny_clip)
+
+
+@pytest.mark.parametrize(
+    ("call", "identity", "precision"),
+    [
+        (lambda path: ITACLIP(pretrained=path, device="cpu", cache_dir=False), "file:", "fp32"),
+        (lambda path: ITACLIP("ViT-B-16", path, "cpu", "bf16", cache_dir=False), "file:", "bf16"),
+        (lambda path: ITACLIP("ViT-B-16", path, precision="bf16"), "file:", "bf16"),
+    ],
+)
+def test_deprecated_loader_call_warns_and_still_loads(tiny_weights, call, identity, precision):
+    with pytest.warns(DeprecationWarning, match=r"ITACLIP\.from_pretrained"):
+        seg = call(str(tiny_weights))
+    assert seg.model_identity.startswith(identity) and seg.precision == precision
+    assert seg.device == torch.device("cpu")
+
+
+def test_deprecated_call_without_arguments_loads_the_default(monkeypatch, tiny_weights):
+    monkeypatch.setenv("NAPARI_ITACLIP_WEIGHTS", str(tiny_weights))
+    with pytest.warns(DeprecationWarning, match="from_pretrained"):
+        assert ITACLIP(device="cpu").model_identity.startswith("file:")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+        ({"band_memory_mb": 0}, "band_memory_mb must be a positive number"),
+        ({"band_memory_mb": "1536"}, "band_memory_mb must be a positive number"),
+        ({"precision": "fp8"}, "unknown precision"),
+    ],
+)
+def test_bad_settings_fail_before_weights_load(monkeypatch, settings, message):
+    from napari_itaclip.engine import segmenter as segmenter_module
+
+    def load_clip(*args):
+        raise AssertionError("settings must be checked before the weights load")
+
+    monkeypatch.setattr(segmenter_module, "load_clip", load_clip)
+    with pytest.raises(ValueError, match=message):
+        ITACLIP.from_pretrained(device="cpu", **settings)
 
 
 @pytest.fixture
@@ -250,12 +332,12 @@ def test_cpu_batches_split_across_cores_give_the_same_result(tiny_clip, rgb_imag
 def test_out_of_memory_halves_the_chunk_and_goes_on(
     tiny_clip, rgb_image, monkeypatch, one_torch_thread
 ):
-    from napari_itaclip.engine import segmenter as segmenter_module
+    from napari_itaclip.engine import window_encoding as encoding_module
 
     seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, batch_size=20)
     windows = {"short_side": 64, "crop": 32, "stride": 16}
     expected = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
-    real = segmenter_module.encode_dense
+    real = encoding_module.encode_dense
     sizes = []
 
     def encode_or_fail(visual, images):
@@ -264,7 +346,7 @@ def test_out_of_memory_halves_the_chunk_and_goes_on(
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(visual, images)
 
-    monkeypatch.setattr(segmenter_module, "encode_dense", encode_or_fail)
+    monkeypatch.setattr(encoding_module, "encode_dense", encode_or_fail)
     result = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
     assert sizes[0] == 20 and max(sizes[1:]) <= 10
     np.testing.assert_allclose(result.probabilities, expected.probabilities, atol=1e-5)
@@ -274,13 +356,13 @@ def test_out_of_memory_halves_the_chunk_and_goes_on(
     assert seg.batch_size == 20
     sizes.clear()
     monkeypatch.setattr(
-        segmenter_module, "encode_dense", lambda v, im: sizes.append(len(im)) or real(v, im)
+        encoding_module, "encode_dense", lambda v, im: sizes.append(len(im)) or real(v, im)
     )
     seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
     assert sizes[0] == 20
 
     monkeypatch.setattr(
-        segmenter_module,
+        encoding_module,
         "encode_dense",
         lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError()),
     )
@@ -290,9 +372,9 @@ def test_out_of_memory_halves_the_chunk_and_goes_on(
 
 def fail_first_calls(monkeypatch, error: BaseException, failures: int) -> list[int]:
     """Make the encoder raise `error` on its first `failures` calls; returns the batch sizes."""
-    from napari_itaclip.engine import segmenter as segmenter_module
+    from napari_itaclip.engine import window_encoding as encoding_module
 
-    real = segmenter_module.encode_dense
+    real = encoding_module.encode_dense
     sizes = []
 
     def encode_or_fail(visual, images):
@@ -301,7 +383,7 @@ def fail_first_calls(monkeypatch, error: BaseException, failures: int) -> list[i
             raise error
         return real(visual, images)
 
-    monkeypatch.setattr(segmenter_module, "encode_dense", encode_or_fail)
+    monkeypatch.setattr(encoding_module, "encode_dense", encode_or_fail)
     return sizes
 
 
@@ -373,17 +455,17 @@ def test_concurrent_runs_on_one_segmenter_equal_sequential_runs(tiny_clip, rgb_i
     """A second run, started in a new thread while the first is in its encoder stage, gets the
     sequential result, its chunks still split across the cores, and the thread count that new
     threads start with is unchanged afterwards."""
-    from napari_itaclip.engine import segmenter as segmenter_module
+    from napari_itaclip.engine import window_encoding as encoding_module
 
     threads = torch.get_num_threads()
     seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
     images = [rgb_image, np.ascontiguousarray(rgb_image[::-1, ::-1])]
     expected = [seg.segment(im, CLASSES, preset="voc21", **WINDOWS_5_CHUNKS) for im in images]
 
-    real = segmenter_module.encode_dense
+    real = encoding_module.encode_dense
     sizes = []
     monkeypatch.setattr(
-        segmenter_module, "encode_dense", lambda v, im: sizes.append(len(im)) or real(v, im)
+        encoding_module, "encode_dense", lambda v, im: sizes.append(len(im)) or real(v, im)
     )
     first_in_encoder = threading.Event()
     results = [None, None]
@@ -422,8 +504,8 @@ SLOW_S = 0.3  # added to every text batch, encoder call and PAMR step
 @pytest.mark.parametrize("stage", ["text", "encoder", "refine"])
 def test_cancel_answers_within_two_seconds_in_every_stage(tiny_clip, rgb_image, monkeypatch, stage):
     from napari_itaclip.engine import pamr as pamr_module
-    from napari_itaclip.engine import segmenter as segmenter_module
     from napari_itaclip.engine import text as text_module
+    from napari_itaclip.engine import window_encoding as encoding_module
 
     def slowed(function):
         def slow(*args, **kwargs):
@@ -433,7 +515,7 @@ def test_cancel_answers_within_two_seconds_in_every_stage(tiny_clip, rgb_image, 
         return slow
 
     monkeypatch.setattr(text_module, "encode_tokens", slowed(text_module.encode_tokens))
-    monkeypatch.setattr(segmenter_module, "encode_dense", slowed(segmenter_module.encode_dense))
+    monkeypatch.setattr(encoding_module, "encode_dense", slowed(encoding_module.encode_dense))
     monkeypatch.setattr(pamr_module, "F", SimpleNamespace(pad=slowed(pamr_module.F.pad)))
     seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
     reached, cancelled = threading.Event(), threading.Event()

@@ -47,8 +47,26 @@ def labels_from_probabilities(probabilities: torch.Tensor, prob_thd: float) -> t
     return labels
 
 
-def label_dtype(n_classes: int):
+def class_id_dtype(n_classes: int):
+    """The dtype of the engine's class-id labels: uint8 up to 256 classes, else uint16.
+
+    Label ids (class id + 1 without a background class) follow the parent package's
+    `labels.label_id_dtype`, which may need uint16 where class ids fit uint8.
+    """
     return np.uint8 if n_classes <= 256 else np.uint16
+
+
+def __getattr__(name):
+    if name == "label_dtype":  # its name until the label ids got a dtype rule of their own
+        import warnings
+
+        warnings.warn(
+            "engine.postprocess.label_dtype is deprecated; use class_id_dtype",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return class_id_dtype
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def close_labels(labels: np.ndarray) -> np.ndarray:

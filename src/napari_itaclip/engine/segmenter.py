@@ -8,20 +8,19 @@ bilinear upsampling to the original size, PAMR, query softmax, variant max -> ar
 
 from __future__ import annotations
 
-import math
+import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import image as image_stage
 from .classes import ClassList
-from .encoder import check_supported, encode_dense, pack_linear_weights, patch_size
+from .encoder import check_supported, pack_linear_weights, patch_size
 from .models import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -30,66 +29,55 @@ from .models import (
     resolve_device,
     resolve_precision,
 )
-from .pamr import halo, pamr_affinity, pamr_iterate
-from .postprocess import (
-    argmax_counts,
-    class_probabilities,
-    close_labels,
-    label_dtype,
-    labels_from_probabilities,
-    surviving_classes,
-)
+from .postprocess import close_labels
 from .presets import Preset
+from .refine import DEFAULT_BAND_MEMORY_MB, refine
 from .request import Request, prepare
-from .resample import upsample_rows
 from .result import Cancelled, SegmentationResult, package_version
-from .text import (
-    TextFeatureCache,
-    cache_root,
-    fuse_aux_text,
-    query_features,
-)
-from .windows import N_VIEWS, crop_views, sliding_windows, stitch_window, views_to_grid_logits
+from .text import TextFeatureCache, cache_root, fuse_aux_text, query_features
+from .window_encoding import window_logits
 
 Progress = Callable[[int, int, str], None]
 
-# Working memory for one band of the refinement stage; bands are as tall as this allows.
-DEFAULT_BAND_MEMORY_MB = 1536
-# Queries iterated together by PAMR inside a band.
-PAMR_QUERY_CHUNK = 8
-# Allocation failures that CUDA, cuBLAS and cuDNN report as plain RuntimeErrors.
-OUT_OF_MEMORY_MESSAGES = (
-    "out of memory",
-    "CUBLAS_STATUS_ALLOC_FAILED",
-    "CUDNN_STATUS_ALLOC_FAILED",
-    "CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED",
-)
+
+def _deprecated_loader_arguments(
+    model=DEFAULT_MODEL,
+    pretrained=DEFAULT_PRETRAINED,
+    device="auto",
+    precision="auto",
+    *,
+    quick_gelu=None,
+) -> tuple:
+    """The loading arguments of 0.1's `ITACLIP(...)`, bound by Python itself."""
+    return model, pretrained, device, precision, quick_gelu
 
 
-def is_out_of_memory(error: RuntimeError) -> bool:
-    """Whether `error` says the device ran out of memory (and nothing else went wrong)."""
-    return isinstance(error, torch.cuda.OutOfMemoryError) or any(
-        message in str(error) for message in OUT_OF_MEMORY_MESSAGES
-    )
+def _is_positive(value, kind) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool) and value > 0
 
 
-def _one_torch_thread() -> None:
-    """Encoder pool initialiser: this worker computes with one torch thread."""
-    # A thread takes the process-wide count on its first torch call; make that call first, or
-    # it would later replace the 1 with whatever another thread has set since.
-    torch.get_num_threads()
-    torch.set_num_threads(1)
+def _run_settings(device, precision, batch_size, band_memory_mb) -> tuple[torch.device, str]:
+    """Resolved device and precision; every setting checked (before any weights load)."""
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    if batch_size is not None and not _is_positive(batch_size, int):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not _is_positive(band_memory_mb, int | float):
+        raise ValueError(f"band_memory_mb must be a positive number, got {band_memory_mb!r}")
+    return device, precision
 
 
 class ITACLIP:
     """Training-free open-vocabulary segmentation with CLIP (ITACLIP, CVPRW 2025).
 
-    The model loads once and stays on its device; text features are cached in memory and on
-    disk. `segment` is the one entry point used by the napari widget, the notebook API and the
-    command line.
+    Built from its parts, as open_clip builds models: `ITACLIP.from_pretrained(model,
+    pretrained, ...)` loads an open_clip model name and pretrained tag or a local weights
+    file; `ITACLIP.from_open_clip(model)` wraps a CLIP you built; `ITACLIP(model, tokenizer,
+    identity, ...)` takes a built open_clip CLIP, its tokenizer and the name of its weights
+    (the run record's "model"). The model moves to its device once and stays there; text
+    features are cached in memory and on disk. `segment` is the one entry point used by the
+    napari widget, the notebook API and the command line.
 
-    model, pretrained: an open_clip model name and pretrained tag, or `pretrained` a local
-        weights file (OpenAI .pt archive or state dict). OpenAI weights get QuickGELU.
     device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps".
     precision: "auto" (fp16 autocast on CUDA, fp32 elsewhere), "fp32", "fp16" or "bf16".
     batch_size: encoder images per chunk (default 128 on CUDA, 16 elsewhere). On GPU
@@ -97,70 +85,61 @@ class ITACLIP:
         from batch_size.
     cache_dir: text-feature cache folder (default $NAPARI_ITACLIP_CACHE or the user cache);
         `False` keeps features in memory only.
+    band_memory_mb: working memory of one band of the refinement stage (engine.refine).
 
     Threads: `segment` calls on one segmenter take turns (a second caller waits for the first
     run to end), since runs share the model and the text cache; separate segmenters run side
     by side. On a multi-core CPU the encoder splits each chunk across as many worker threads
     as `torch.get_num_threads()` gave when the segmenter was built, one torch thread each; the
     calling thread's own torch thread count is never changed.
+
+    Deprecated (until 0.3): `ITACLIP(model_name, pretrained, device, precision, quick_gelu=)`
+    with a name or no model at all loads like `from_pretrained`, with a DeprecationWarning.
     """
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
-        pretrained=DEFAULT_PRETRAINED,
-        device="auto",
-        precision="auto",
-        *,
-        quick_gelu: bool | None = None,
-        batch_size: int | None = None,
-        cache_dir=None,
-        band_memory_mb: int = DEFAULT_BAND_MEMORY_MB,
-    ):
-        resolved = resolve_device(device)
-        precision = resolve_precision(precision, resolved)
-        clip, tokenizer, identity = load_clip(model, pretrained, quick_gelu)
-        self._setup(
-            clip, tokenizer, identity, resolved, precision, batch_size, cache_dir, band_memory_mb
-        )
-
-    @classmethod
-    def from_open_clip(
-        cls,
-        model,
+        model=None,
         tokenizer=None,
+        identity: str | None = None,
+        *deprecated_args,
         device="auto",
         precision="auto",
-        *,
         batch_size: int | None = None,
         cache_dir=None,
-        band_memory_mb: int = DEFAULT_BAND_MEMORY_MB,
-    ) -> ITACLIP:
-        """Wrap an already-built open_clip CLIP (its weights are used as they are)."""
-        import open_clip
-
-        resolved = resolve_device(device)
-        precision = resolve_precision(precision, resolved)
-        if tokenizer is None:
-            tokenizer = open_clip.tokenizer.SimpleTokenizer(
-                context_length=int(getattr(model, "context_length", 77))
-            )
-        self = cls.__new__(cls)
-        identity = f"open_clip:{type(model).__name__}"
-        self._setup(
-            model, tokenizer, identity, resolved, precision, batch_size, cache_dir, band_memory_mb
-        )
-        return self
-
-    def _setup(
-        self, clip, tokenizer, identity, device, precision, batch_size, cache_dir, band_memory_mb
+        band_memory_mb: float = DEFAULT_BAND_MEMORY_MB,
+        **deprecated_kwargs,
     ):
-        if not hasattr(clip, "visual"):
-            raise TypeError(f"expected an open_clip CLIP model, got {type(clip).__name__}")
-        check_supported(clip.visual)
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.model = clip.to(device).eval()
+        if model is None or isinstance(model, str | os.PathLike):
+            warnings.warn(
+                "ITACLIP(model_name, pretrained, ...) is deprecated and will be removed in 0.3;"
+                " use ITACLIP.from_pretrained(model_name, pretrained, ...)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            positional = [model, tokenizer, identity, *deprecated_args]
+            while positional and positional[-1] is None:
+                positional.pop()
+            # device and precision were positional too: pass them on only when given
+            given = {k: v for k, v in (("device", device), ("precision", precision)) if v != "auto"}
+            name, pretrained, device, precision, quick_gelu = _deprecated_loader_arguments(
+                *positional, **given, **deprecated_kwargs
+            )
+            device, precision = _run_settings(device, precision, batch_size, band_memory_mb)
+            model, tokenizer, identity = load_clip(name, pretrained, quick_gelu)
+        elif deprecated_args or deprecated_kwargs:
+            unexpected = [repr(a) for a in deprecated_args] + list(deprecated_kwargs)
+            raise TypeError(f"ITACLIP() got unexpected arguments: {', '.join(unexpected)}")
+        if not hasattr(model, "visual"):
+            raise TypeError(f"expected an open_clip CLIP model, got {type(model).__name__}")
+        if tokenizer is None or identity is None:
+            raise TypeError(
+                "ITACLIP(model, tokenizer, identity) needs all three parts;"
+                " ITACLIP.from_open_clip(model) fills in the tokenizer and identity"
+            )
+        check_supported(model.visual)
+        device, precision = _run_settings(device, precision, batch_size, band_memory_mb)
+        self.model = model.to(device).eval()
         if device.type == "cpu":
             pack_linear_weights(self.model.visual)
         self.tokenizer = tokenizer
@@ -177,14 +156,65 @@ class ITACLIP:
         self._cache_dir = cache_dir
         self._text_cache: TextFeatureCache | None = None
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        pretrained=DEFAULT_PRETRAINED,
+        device="auto",
+        precision="auto",
+        *,
+        quick_gelu: bool | None = None,
+        batch_size: int | None = None,
+        cache_dir=None,
+        band_memory_mb: float = DEFAULT_BAND_MEMORY_MB,
+    ) -> ITACLIP:
+        """Load an open_clip model name and pretrained tag, or `pretrained` a local weights
+        file (OpenAI .pt archive or state dict); see `models.load_clip`. OpenAI weights get
+        QuickGELU unless `quick_gelu` says otherwise."""
+        settings = {"batch_size": batch_size, "band_memory_mb": band_memory_mb}
+        device, precision = _run_settings(device, precision, **settings)
+        parts = load_clip(model, pretrained, quick_gelu)
+        return cls(*parts, device=device, precision=precision, cache_dir=cache_dir, **settings)
+
+    @classmethod
+    def from_open_clip(
+        cls,
+        model,
+        tokenizer=None,
+        device="auto",
+        precision="auto",
+        *,
+        batch_size: int | None = None,
+        cache_dir=None,
+        band_memory_mb: float = DEFAULT_BAND_MEMORY_MB,
+    ) -> ITACLIP:
+        """Wrap an already-built open_clip CLIP (its weights are used as they are); the
+        tokenizer defaults to open_clip's, at the model's context length."""
+        if model is None or isinstance(model, str | os.PathLike):
+            raise TypeError(
+                f"from_open_clip takes a built open_clip CLIP, got {model!r};"
+                " for a model name or weights file use ITACLIP.from_pretrained"
+            )
+        if tokenizer is None:
+            import open_clip
+
+            context_length = int(getattr(model, "context_length", 77))
+            tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+        settings = {
+            "batch_size": batch_size,
+            "cache_dir": cache_dir,
+            "band_memory_mb": band_memory_mb,
+        }
+        identity = f"open_clip:{type(model).__name__}"
+        return cls(model, tokenizer, identity, device=device, precision=precision, **settings)
+
     # ------------------------------------------------------------------ text
     @property
     def text_cache(self) -> TextFeatureCache:
         if self._text_cache is None:
             use_disk = self._cache_dir is not False
             root = None if self._cache_dir in (None, False) else self._cache_dir
-            from pathlib import Path
-
             self._text_cache = TextFeatureCache.for_model(
                 self.model,
                 self.precision,
@@ -266,15 +296,16 @@ class ITACLIP:
             with self._timed(timings, "encoder"):
                 logits = self.window_logits(normalised, text, params, report, checkpoint)
             with self._timed(timings, "refine"):
-                labels, probabilities = self.refine(
+                labels, probabilities = refine(
                     normalised,
                     logits,
                     rgb.shape[:2],
                     request.class_list,
                     params,
                     factor,
-                    report,
-                    checkpoint,
+                    band_memory_mb=self.band_memory_mb,
+                    report=report,
+                    checkpoint=checkpoint,
                 )
         if params.closing:
             with self._timed(timings, "closing"):
@@ -324,187 +355,14 @@ class ITACLIP:
         checkpoint: Callable[[], None],
     ) -> torch.Tensor:
         """(Q, h, w) stitched, count-averaged window logits at the resized size."""
-        _, h, w = normalised.shape
-        windows = sliding_windows(h, w, params.crop, params.stride)
-        views = N_VIEWS if params.image_engineering else 1
-        # Every run starts from the configured batch size, so one memory spike slows one run.
-        windows_per_chunk = max(1, self.batch_size // views)
-        canvas = torch.zeros((text.shape[0], h, w), device=self.device)
-        count = torch.zeros((h, w), device=self.device)
-        done = 0
-        with self._cpu_data_parallel() as encode:
-            while done < len(windows):
-                checkpoint()
-                chunk = windows[done : done + windows_per_chunk]
-                crops = torch.stack(
-                    [normalised[:, win.y0 : win.y1, win.x0 : win.x1] for win in chunk]
-                )
-                grid_logits = self._encode_windows(encode, crops, text, params)
-                if grid_logits is None:  # out of memory: retry with half as many windows
-                    if len(chunk) == 1:
-                        raise MemoryError(self._out_of_memory_message(params))
-                    windows_per_chunk = len(chunk) // 2
-                    continue
-                for window, crop_logits in zip(chunk, grid_logits, strict=True):
-                    stitch_window(canvas, count, crop_logits, window)
-                done += len(chunk)
-                report(done, len(windows), "encoder")
-        return canvas / count
-
-    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        # Inference and autocast modes are per thread, so every worker thread enters them.
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            return encode_dense(self.model.visual, images)
-
-    @contextmanager
-    def _cpu_data_parallel(self):
-        """Yield the function that encodes a batch of images.
-
-        On a multi-core CPU a batch is split across the cores, one torch thread each: the
-        encoder's per-image matrices and element-wise steps scale better that way than with
-        every operation split across threads (see docs/performance.md). Images are
-        independent, so the result is the same. Other devices encode directly.
-        """
-        threads = self._encoder_threads
-        if self.device.type != "cpu" or threads < 2:
-            yield self._encode_images
-            return
-        try:
-            with ThreadPoolExecutor(
-                threads, thread_name_prefix="itaclip-encoder", initializer=_one_torch_thread
-            ) as pool:
-
-                def encode(images: torch.Tensor) -> torch.Tensor:
-                    parts = images.tensor_split(min(threads, len(images)))
-                    return torch.cat(list(pool.map(self._encode_images, parts)))
-
-                yield encode
-        finally:
-            # The workers' set_num_threads(1) also set the count that threads starting later
-            # begin with; give back the caller's, which itself never changed.
-            torch.set_num_threads(torch.get_num_threads())
-
-    def _encode_windows(self, encode, crops, text, params: Preset):
-        """Grid logits of a chunk of windows, or None when the device ran out of memory."""
-        grid = tuple(
-            s // p for s, p in zip(crops.shape[-2:], patch_size(self.model.visual), strict=True)
+        return window_logits(
+            self.model.visual,
+            normalised,
+            text,
+            params,
+            precision=self.precision,
+            batch_size=self.batch_size,
+            threads=self._encoder_threads,
+            report=report,
+            checkpoint=checkpoint,
         )
-        try:
-            tokens = encode(crop_views(crops, params.image_engineering))
-            return views_to_grid_logits(tokens, text, grid, params.image_engineering, params.c_img)
-        except RuntimeError as error:
-            if not is_out_of_memory(error):
-                raise
-        # Only outside the handler is the traceback gone, and with it the failed chunk's
-        # tensors, so only now can their cached memory be given back.
-        torch.cuda.empty_cache()
-        return None
-
-    def _out_of_memory_message(self, params: Preset) -> str:
-        """What could still help when even one window does not fit."""
-        fixes = ["free GPU memory (other programs or models on it)"]
-        if self.precision == "fp32":
-            fixes.append("precision='fp16'")
-        if params.image_engineering:
-            fixes.append("image_engineering=False (1 image per window instead of 5)")
-        fixes.append(f"a smaller crop (now {params.crop})")
-        if self.device.type != "cpu":
-            fixes.append("device='cpu'")
-        return (
-            "out of GPU memory even with one window per chunk; try "
-            + ", ".join(fixes[:-1])
-            + f" or {fixes[-1]}"
-        )
-
-    # ---------------------------------------------------------------- refine
-    def band_rows(self, n_queries: int, width: int, margin: int, factor: int) -> int:
-        """Output rows per band so that one band's working set fits band_memory_mb.
-
-        A band holds the refined logits and probabilities of its own rows for all queries,
-        and, over the band plus its halo, the image, the affinities and one chunk of
-        PAMR_QUERY_CHUNK queries being iterated.
-        """
-        per_core_row = 2 * n_queries
-        per_halo_row = 25 + 3 * min(n_queries, PAMR_QUERY_CHUNK) if margin else 0
-        budget_rows = self.band_memory_mb * 2**20 // (4 * width)
-        rows = (budget_rows - per_halo_row * 2 * margin) // (per_core_row + per_halo_row)
-        rows = max(rows, 64, margin // 2)
-        return max(factor, rows // factor * factor)
-
-    def refine(
-        self,
-        normalised: torch.Tensor,
-        logits: torch.Tensor,
-        size: tuple[int, int],
-        class_list: ClassList,
-        params: Preset,
-        factor: int,
-        report: Progress,
-        checkpoint: Callable[[], None],
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Labels (H, W) and class probabilities (C, H/f, W/f) at the original size."""
-        height, width = size
-        n_classes = len(class_list)
-        query_class = torch.tensor(class_list.query_class, device=self.device)
-        margin = halo(params.pamr_steps, params.pamr_dilations)
-        rows = self.band_rows(logits.shape[0], width, margin, factor)
-        bands = [(y, min(y + rows, height)) for y in range(0, height, rows)]
-        out_h, out_w = math.ceil(height / factor), math.ceil(width / factor)
-        probabilities = np.empty((n_classes, out_h, out_w), np.float32)
-        labels = np.empty((height, width), label_dtype(n_classes))
-
-        def band_probabilities(y0: int, y1: int) -> torch.Tensor:
-            if not params.pamr_steps:
-                band = upsample_rows(logits, size, y0, y1)
-                return class_probabilities(band, query_class, n_classes, params.logit_scale)
-            # PAMR over the band plus its halo; queries are independent given the affinities,
-            # so they are iterated a chunk at a time and only the band's own rows are kept.
-            # A band can take tens of seconds, so cancel is polled before every PAMR step.
-            e0, e1 = max(0, y0 - margin), min(height, y1 + margin)
-            affinity = pamr_affinity(upsample_rows(normalised, size, e0, e1), params.pamr_dilations)
-            band = torch.empty((logits.shape[0], y1 - y0, width), device=self.device)
-            for q0 in range(0, logits.shape[0], PAMR_QUERY_CHUNK):
-                chunk = upsample_rows(logits[q0 : q0 + PAMR_QUERY_CHUNK], size, e0, e1)
-                chunk = pamr_iterate(
-                    chunk, affinity, params.pamr_dilations, params.pamr_steps, checkpoint
-                )
-                band[q0 : q0 + PAMR_QUERY_CHUNK] = chunk[:, y0 - e0 : y1 - e0]
-            return class_probabilities(band, query_class, n_classes, params.logit_scale)
-
-        two_pass = params.area_thd is not None
-        stored = factor == 1  # full-size probabilities are kept, so pass 2 needs no recompute
-        total = len(bands) * (2 if two_pass else 1)
-        done = 0
-        keep = None
-        if two_pass:
-            counts = torch.zeros(n_classes, dtype=torch.long)
-            for y0, y1 in bands:
-                checkpoint()
-                p = band_probabilities(y0, y1)
-                counts += argmax_counts(p)
-                if stored:
-                    probabilities[:, y0:y1] = p.cpu().numpy()
-                done += 1
-                report(done, total, "refine")
-            keep_np = surviving_classes(counts, params.area_thd, class_list.background).numpy()
-            keep = torch.from_numpy(keep_np).to(self.device)
-        for y0, y1 in bands:
-            checkpoint()
-            if two_pass and stored:
-                probabilities[~keep_np, y0:y1] = 0
-                p = torch.from_numpy(probabilities[:, y0:y1]).to(self.device)
-            else:
-                p = band_probabilities(y0, y1)
-                if keep is not None:
-                    p[~keep] = 0
-                if stored:
-                    probabilities[:, y0:y1] = p.cpu().numpy()
-            if not stored:
-                pooled = F.avg_pool2d(p[None], factor, ceil_mode=True)[0]
-                probabilities[:, y0 // factor : y0 // factor + pooled.shape[1]] = (
-                    pooled.cpu().numpy()
-                )
-            labels[y0:y1] = labels_from_probabilities(p, params.prob_thd).cpu().numpy()
-            done += 1
-            report(done, total, "refine")
-        return labels, probabilities

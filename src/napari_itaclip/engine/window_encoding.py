@@ -1,0 +1,156 @@
+"""The encoder stage: an image's sliding windows through the encoder, in memory-bounded chunks.
+
+A chunk holds up to `batch_size` encoder images (windows x views). On device out-of-memory
+the chunk is halved and retried, for the rest of that run only. On a multi-core CPU each
+chunk is split across worker threads, one torch thread each (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+
+from .encoder import encode_dense, patch_size
+from .models import autocast
+from .presets import Preset
+from .windows import N_VIEWS, crop_views, sliding_windows, stitch_window, views_to_grid_logits
+
+# Allocation failures that CUDA, cuBLAS and cuDNN report as plain RuntimeErrors.
+OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED",
+)
+
+
+def is_out_of_memory(error: RuntimeError) -> bool:
+    """Whether `error` says the device ran out of memory (and nothing else went wrong)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or any(
+        message in str(error) for message in OUT_OF_MEMORY_MESSAGES
+    )
+
+
+def window_logits(
+    visual,
+    normalised: torch.Tensor,
+    text: torch.Tensor,
+    params: Preset,
+    *,
+    precision: str,
+    batch_size: int,
+    threads: int,
+    report: Callable[[int, int, str], None],
+    checkpoint: Callable[[], None],
+) -> torch.Tensor:
+    """(Q, h, w) stitched, count-averaged window logits of the (3, h, w) resized image.
+
+    visual: the image tower (on normalised's device); threads: CPU worker threads (below 2,
+    or on other devices, the chunk is encoded directly). report(done, total, "encoder")
+    after every chunk; checkpoint() before every chunk (it cancels by raising).
+    """
+    device = normalised.device
+    _, h, w = normalised.shape
+    windows = sliding_windows(h, w, params.crop, params.stride)
+    views = N_VIEWS if params.image_engineering else 1
+    # Every run starts from the configured batch size, so one memory spike slows one run.
+    windows_per_chunk = max(1, batch_size // views)
+    canvas = torch.zeros((text.shape[0], h, w), device=device)
+    count = torch.zeros((h, w), device=device)
+    encode_images = partial(_encode_images, visual, precision)
+    patch = patch_size(visual)
+    done = 0
+    with _cpu_data_parallel(encode_images, device, threads) as encode:
+        while done < len(windows):
+            checkpoint()
+            chunk = windows[done : done + windows_per_chunk]
+            crops = torch.stack([normalised[:, win.y0 : win.y1, win.x0 : win.x1] for win in chunk])
+            grid_logits = _encode_windows(encode, patch, crops, text, params)
+            if grid_logits is None:  # out of memory: retry with half as many windows
+                if len(chunk) == 1:
+                    raise MemoryError(out_of_memory_message(params, precision, device))
+                windows_per_chunk = len(chunk) // 2
+                continue
+            for window, crop_logits in zip(chunk, grid_logits, strict=True):
+                stitch_window(canvas, count, crop_logits, window)
+            done += len(chunk)
+            report(done, len(windows), "encoder")
+    return canvas / count
+
+
+def _encode_images(visual, precision: str, images: torch.Tensor) -> torch.Tensor:
+    # Inference and autocast modes are per thread, so every worker thread enters them.
+    with torch.inference_mode(), autocast(images.device, precision):
+        return encode_dense(visual, images)
+
+
+def _one_torch_thread() -> None:
+    """Encoder pool initialiser: this worker computes with one torch thread."""
+    # A thread takes the process-wide count on its first torch call; make that call first, or
+    # it would later replace the 1 with whatever another thread has set since.
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def _cpu_data_parallel(encode_images, device: torch.device, threads: int):
+    """Yield the function that encodes a batch of images.
+
+    On a multi-core CPU a batch is split across the cores, one torch thread each: the
+    encoder's per-image matrices and element-wise steps scale better that way than with
+    every operation split across threads (see docs/performance.md). Images are
+    independent, so the result is the same. Other devices encode directly.
+    """
+    if device.type != "cpu" or threads < 2:
+        yield encode_images
+        return
+    try:
+        with ThreadPoolExecutor(
+            threads, thread_name_prefix="itaclip-encoder", initializer=_one_torch_thread
+        ) as pool:
+
+            def encode(images: torch.Tensor) -> torch.Tensor:
+                parts = images.tensor_split(min(threads, len(images)))
+                return torch.cat(list(pool.map(encode_images, parts)))
+
+            yield encode
+    finally:
+        # The workers' set_num_threads(1) also set the count that threads starting later
+        # begin with; give back the caller's, which itself never changed.
+        torch.set_num_threads(torch.get_num_threads())
+
+
+def _encode_windows(encode, patch: tuple[int, int], crops, text, params: Preset):
+    """Grid logits of a chunk of windows, or None when the device ran out of memory."""
+    grid = tuple(s // p for s, p in zip(crops.shape[-2:], patch, strict=True))
+    try:
+        tokens = encode(crop_views(crops, params.image_engineering))
+        return views_to_grid_logits(tokens, text, grid, params.image_engineering, params.c_img)
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+    # Only outside the handler is the traceback gone, and with it the failed chunk's
+    # tensors, so only now can their cached memory be given back.
+    torch.cuda.empty_cache()
+    return None
+
+
+def out_of_memory_message(params: Preset, precision: str, device: torch.device) -> str:
+    """What could still help when even one window does not fit."""
+    fixes = ["free GPU memory (other programs or models on it)"]
+    if precision == "fp32":
+        fixes.append("precision='fp16'")
+    if params.image_engineering:
+        fixes.append("image_engineering=False (1 image per window instead of 5)")
+    fixes.append(f"a smaller crop (now {params.crop})")
+    if device.type != "cpu":
+        fixes.append("device='cpu'")
+    return (
+        "out of GPU memory even with one window per chunk; try "
+        + ", ".join(fixes[:-1])
+        + f" or {fixes[-1]}"
+    )
