@@ -1,4 +1,4 @@
-"""The notebook API (`segment_layer`) and the plane reading behind it, with the tiny model."""
+"""The notebook API (`segment_layer`) with the tiny model (plane reading: test_planes.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from napari_itaclip import segment_layer
-from napari_itaclip.api import LayerPlanes, segment_planes
 from napari_itaclip.bundle import save_bundle
 from napari_itaclip.engine.request import prepare
 
@@ -135,35 +134,6 @@ def test_stack_current_plane_is_placed_at_its_plane(viewer, segmenter):
     np.testing.assert_allclose(labels.translate, (110, 0, 0))
 
 
-class PlaneSpy:
-    """An array-like that records what is read from it (for a dask array built on top)."""
-
-    def __init__(self, data):
-        self.data = data
-        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
-        self.reads = []
-
-    def __getitem__(self, key):
-        block = self.data[key]
-        self.reads.append(block.size)
-        return block
-
-
-def test_dask_stack_is_read_plane_by_plane(segmenter):
-    import dask.array as da
-    from napari.layers import Image
-
-    spy = PlaneSpy(np.random.default_rng(0).integers(0, 255, (5, 40, 50), dtype=np.uint8))
-    layer = Image(da.from_array(spy, chunks=(1, 40, 50)), contrast_limits=(0, 255), name="lazy")
-    spy.reads.clear()
-    planes = LayerPlanes.from_layer(layer, position="all")
-    request = prepare(CLASSES, **{k: v for k, v in FAST.items() if k != "progress"})
-    result = segment_planes(segmenter, planes, request)
-    assert result.labels.shape == (5, 40, 50)
-    assert spy.reads and max(spy.reads) == 40 * 50  # never more than one plane at a time
-    assert sum(spy.reads) == 5 * 40 * 50
-
-
 def test_large_probabilities_are_downsampled(viewer, segmenter, rgb_image):
     # 3 classes x 60 x 80 float32 is 57.6 kB; at f=4 it is 3 x 15 x 20 x 4 = 3.6 kB.
     budget_mb = 3 * 15 * 20 * 4 / 2**20
@@ -266,6 +236,36 @@ def test_segmenter_made_from_options(viewer, tiny_weights, rgb_image):
         f"{tiny_weights.stat().st_size}:{tiny_weights.stat().st_mtime_ns}"
     )
     assert info["device"] == "cpu"
+
+
+def test_segment_layer_loads_one_model_per_key(viewer, segmenter, rgb_image, monkeypatch):
+    from napari_itaclip import segmenters
+
+    loads = []
+
+    def load(*key):
+        loads.append(key)
+        return segmenter
+
+    monkeypatch.setattr(segmenters, "load_segmenter", load)
+    segmenters.SEGMENTERS.clear()
+    viewer.add_image(rgb_image, name="photo")
+    segment_layer(viewer, "photo", CLASSES, **FAST)
+    segment_layer(viewer, "photo", CLASSES, **FAST)
+    assert loads == [("ViT-B-16", "openai", "auto", "auto")]
+    segment_layer(viewer, "photo", CLASSES, precision="fp32", **FAST)
+    assert loads[1:] == [("ViT-B-16", "openai", "auto", "fp32")]
+    segmenters.SEGMENTERS.clear()
+
+
+def test_moved_names_still_import_from_api():
+    from napari_itaclip import api, planes, viewer
+
+    assert api.LayerPlanes is planes.LayerPlanes
+    assert api.segment_planes is planes.segment_planes
+    assert api.current_position is planes.current_position
+    assert api.add_result_layers is viewer.add_result_layers
+    assert api.add_result_layers_in_steps is viewer.add_result_layers_in_steps
 
 
 def test_result_to_layer_data_is_exported():

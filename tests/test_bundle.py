@@ -157,3 +157,37 @@ def test_viewer_save_and_open_through_the_plugin(make_napari_viewer, tmp_path):
     ]
     assert viewer.layers["cells labels"].data[2, 2] == 0
     np.testing.assert_allclose(viewer.layers["cells labels"].scale, (0.5, 0.5))
+
+
+def test_a_version_1_file_written_before_the_record_still_reads(tmp_path):
+    # the entries exactly as version 1 wrote them (a stack without background, factor 2)
+    labels = np.array([[[1, 2, 2], [3, 1, 1]]], np.uint8)  # label ids: class id + 1
+    probabilities = np.full((3, 1, 1, 2), 1 / 3, np.float32)
+    texts = {
+        "class_names": ["road", "car", "tree"],
+        "colors": class_colors(4).tolist(),
+        "parameters": {"preset": "fast", "plane_offset": [4]},
+        "meta": {
+            "format": "napari-itaclip result bundle", "version": 1, "probability_factor": 2,
+            "background": False, "label_offset": 1, "name": "street",
+            "geometry": {"scale": [5.0, 1.0, 1.0], "translate": [20.0, 0.0, 0.0]},
+        },
+    }  # fmt: skip
+    path = tmp_path / "street.itaclip.npz"
+    np.savez_compressed(
+        path,
+        labels=labels,
+        probabilities=probabilities,
+        **{key: np.array(json.dumps(value)) for key, value in texts.items()},
+    )
+    record = load_bundle(path)
+    np.testing.assert_array_equal(record.label_image, labels)
+    assert not record.fresh and record.label_names == ["unlabelled", "road", "car", "tree"]
+    *probability_layers, (data, kwargs, kind) = get_reader(str(path))(str(path))
+    assert kind == "labels" and kwargs["name"] == "street labels"
+    np.testing.assert_array_equal(data, labels)
+    np.testing.assert_allclose(kwargs["scale"], (5, 1, 1))  # stored geometry, as written
+    np.testing.assert_allclose(kwargs["translate"], (20, 0, 0))
+    assert [kw["name"] for _, kw, _ in probability_layers] == [
+        "street p(road)", "street p(car)", "street p(tree)",
+    ]  # fmt: skip

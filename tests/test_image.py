@@ -198,11 +198,15 @@ def test_minimum_follows_the_patch_and_the_blur_kernel():
 
 
 def test_short_side_below_one_patch_is_rejected():
-    from napari_itaclip.engine.presets import resolve_preset
+    from dataclasses import replace
 
-    params = resolve_preset("fast", {"short_side": 8})
+    from napari_itaclip.engine.presets import PRESETS, resolve_preset
+
+    with pytest.raises(ValueError, match="short_side"):  # the parameter table's minimum
+        resolve_preset("fast", {"short_side": 8})
+    # and the size check itself, for a Preset built without validation
     with pytest.raises(ValueError, match="short_side"):
-        check_image_size(100, 100, params, patch=16)
+        check_image_size(100, 100, replace(PRESETS["fast"], short_side=8), patch=16)
 
 
 # -------------------------------------------------------- probability budget

@@ -182,6 +182,12 @@ def test_settings_persist_between_sessions(viewer_widget, settings_file, tiny_we
     assert again.planes.value == "all planes"
 
 
+def test_typed_class_list_is_saved_on_its_own(viewer_widget, settings_file):
+    viewer, widget = viewer_widget
+    widget.classes.value = "background\nastronaut"  # nothing else changes after this
+    assert SegmentationWidget(viewer).classes.value == "background\nastronaut"
+
+
 # ---------------------------------------------------------------------------------- runs
 def test_run_to_completion(viewer_widget, qtbot):
     viewer, widget = viewer_widget
@@ -222,12 +228,15 @@ def test_model_loaded_once_and_reused(viewer_widget, qtbot, tiny_weights):
     run_and_wait(qtbot, widget)
     widget.stride.value = 64
     run_and_wait(qtbot, widget)
-    assert widget.loads == [("ViT-B-16", "openai", "auto")]
+    assert widget.loads == [("ViT-B-16", "openai", "auto", "auto")]
     widget.device.value = "cpu"
     widget.weights.value = tiny_weights
     run_and_wait(qtbot, widget)
-    assert widget.loads[-1] == ("ViT-B-16", str(tiny_weights), "cpu")
-    assert len(widget.loads) == 2
+    assert widget.loads[-1] == ("ViT-B-16", str(tiny_weights), "cpu", "auto")
+    widget.precision.value = "bf16"
+    run_and_wait(qtbot, widget)
+    assert widget.loads[-1] == ("ViT-B-16", str(tiny_weights), "cpu", "bf16")
+    assert len(widget.loads) == 3
 
 
 def test_weights_file_loads_a_local_model(make_napari_viewer, qtbot, tiny_weights, rgb_image):

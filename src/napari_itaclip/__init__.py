@@ -9,10 +9,10 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ITACLIP": "napari_itaclip.engine.segmenter",
-    "SegmentationResult": "napari_itaclip.engine.result",
-    "Cancelled": "napari_itaclip.engine.result",
-    "PRESETS": "napari_itaclip.engine.presets",
+    "ITACLIP": "napari_itaclip.engine",
+    "SegmentationResult": "napari_itaclip.engine",
+    "Cancelled": "napari_itaclip.engine",
+    "PRESETS": "napari_itaclip.engine",
     "segment_layer": "napari_itaclip.api",
     "result_to_layer_data": "napari_itaclip.layers",
 }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .bundle import check_bundle, load_bundle
+from .bundle import check_bundle
+from .labels import ResultRecord
 from .layers import result_to_layer_data
 
 
@@ -23,4 +24,4 @@ def read_bundle(path) -> list[tuple]:
     """The layers a bundle holds: probability images, then the labels (names, colours, scale)."""
     if isinstance(path, list):
         path = path[0]
-    return result_to_layer_data(load_bundle(path))
+    return result_to_layer_data(ResultRecord.from_bundle(path))

@@ -1,7 +1,8 @@
-"""The "ITACLIP segmentation" dock widget: controls over `api.segment_planes`, run in a worker.
+"""The "ITACLIP segmentation" dock widget: controls over `planes.segment_planes`, run in a worker.
 
-The widget only gathers values, starts a napari worker thread and adds the result layers
-with `api.add_result_layers`; the segmentation itself is the engine's `ITACLIP.segment`.
+The widget only gathers values, starts a napari worker thread (the model comes from the
+shared `segmenters.SEGMENTERS`) and adds the result layers with `viewer.add_result_layers`;
+the segmentation itself is the engine's `ITACLIP.segment`.
 Settings persist through `_settings` (JSON in the user config folder).
 """
 
@@ -14,16 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from magicgui.widgets import (
-    CheckBox,
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     LineEdit,
     ProgressBar,
     PushButton,
-    SpinBox,
     TextEdit,
 )
 from napari.layers import Image
@@ -34,42 +32,40 @@ from qtpy.QtWidgets import QFileDialog, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 from superqt.utils import ensure_main_thread
 
+from ._controls import edits, integers, parameter_control, parameter_value, shown_value
 from ._settings import load_settings, save_settings
-from .api import (
-    LayerPlanes,
-    add_result_layers_in_steps,
-    current_position,
-    segment_planes,
+from .engine import (
+    BUILTIN_CLASS_SETS,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    PARAMETERS,
+    PRECISIONS,
+    PRESETS,
+    Cancelled,
+    Request,
+    builtin_class_set,
+    device_choices,
+    prepare,
 )
-from .engine.classes import BUILTIN_CLASS_SETS, builtin_class_set
-from .engine.devices import device_choices
-from .engine.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .engine.presets import PRESETS
-from .engine.request import Request, prepare
-from .engine.result import Cancelled
+from .planes import LayerPlanes, current_position, segment_planes
+from .segmenters import SEGMENTERS, load_segmenter
+from .viewer import add_result_layers_in_steps
 
 logger = logging.getLogger(__name__)
 
 CUSTOM = "custom"
 CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
 BUILTIN_PLACEHOLDER = "insert a built-in class set..."
-# Preset fields the widget shows; `background` belongs to the class list (its own switch).
-PRESET_FIELDS = (
-    "c_def", "short_side", "crop", "stride", "image_engineering", "c_img", "logit_scale",
-    "prob_thd", "area_thd", "pamr_steps", "closing",
-)  # fmt: skip
+# Parameters shown beside the class box ("first line is background") and the aux file (its
+# weight); every other parameter is in "Advanced parameters".
+BESIDE_CLASSES = ("background", "c_def")
+ADVANCED_PARAMETERS = tuple(name for name in PARAMETERS if name not in BESIDE_CLASSES)
+# The class list decides `background`, so picking a preset never changes it.
+FROM_PRESET = tuple(name for name in PARAMETERS if name != "background")
 DEFAULT_CLASSES = "background\nperson\ncat\ndog"
 PROGRESS_INTERVAL = 0.25
 READY = "ready"
-
-
-def _load_segmenter(model: str, pretrained, device: str):
-    from .engine.native_libraries import preload_torch_libraries
-
-    preload_torch_libraries()  # so the GUI keeps drawing while torch's libraries load
-    from .engine.segmenter import ITACLIP
-
-    return ITACLIP(model, pretrained, device)
+RUN_TOOLTIP = "Segment the image into the classes with these parameters"
 
 
 @dataclass
@@ -89,10 +85,9 @@ class SegmentationWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
-        # Replaced in tests by a function returning a ready (tiny) ITACLIP.
-        self.segmenter_factory = _load_segmenter
-        self._segmenter = None
-        self._model_key = None
+        # Replaced in tests by a function returning a ready (tiny) ITACLIP. With the default,
+        # the widget and `segment_layer` share one loaded model (segmenters.SEGMENTERS).
+        self.segmenter_factory = load_segmenter
         self._worker = None
         self._adding = None  # the steps adding a finished run's layers, while they run
         self._filling = False  # True while the widget sets values itself (no "custom", no save)
@@ -115,7 +110,14 @@ class SegmentationWidget(QWidget):
             label="classes", value=DEFAULT_CLASSES,
             tooltip="One class per line; ', ' separates variants (synonyms) of one class",
         )  # fmt: skip
-        self.background = CheckBox(text="first line is background", value=True)
+        self.parameter_controls = {name: parameter_control(p) for name, p in PARAMETERS.items()}
+        for name, control in self.parameter_controls.items():
+            setattr(self, name, control)  # self.short_side, self.background, ...
+        self.background.value = True  # DEFAULT_CLASSES starts with background words
+        # What is wrong with the classes, aux text or parameters, checked as they change.
+        self.request_problem = Label(value="", visible=False)
+        self.request_problem.native.setWordWrap(True)
+        self.request_problem.native.setStyleSheet("color: #e0524c")
         self.builtin = ComboBox(
             label="built-in", choices=[BUILTIN_PLACEHOLDER, *BUILTIN_CLASS_SETS]
         )
@@ -124,35 +126,19 @@ class SegmentationWidget(QWidget):
         class_files = Container(
             widgets=[self.load_classes, self.save_classes], layout="horizontal", labels=False
         )
-        classes = Container(widgets=[self.classes, self.background, self.builtin, class_files])
+        classes = Container(
+            widgets=[self.classes, self.request_problem, self.background, self.builtin, class_files]
+        )
 
         self.preset = ComboBox(label="preset", choices=[*PRESETS, CUSTOM], value=self._base_preset)
         self.aux_file = FileEdit(
             label="aux text", mode="r", filter="*.txt", nullable=True,
             tooltip="Definitions or synonyms: one 'name >=text' line per class",
         )  # fmt: skip
-        self.c_def = FloatSpinBox(label="aux weight", min=0, max=1, step=0.05)
         self.device = ComboBox(label="device", choices=["auto", *device_choices()])
         parameters = Container(widgets=[self.preset, self.aux_file, self.c_def, self.device])
 
-        self.short_side = SpinBox(label="short side", min=16, max=4096, step=16)
-        self.crop = SpinBox(label="crop", min=16, max=1024, step=16)
-        self.stride = SpinBox(label="stride", min=1, max=1024, step=4)
-        self.image_engineering = CheckBox(text="image engineering (5 views)")
-        self.c_img = FloatSpinBox(label="views weight", min=0, max=1, step=0.05)
-        self.logit_scale = FloatSpinBox(label="logit scale", min=0.1, max=1000, step=5)
-        self.prob_thd = FloatSpinBox(label="probability thr.", min=0, max=1, step=0.05)
-        self.area_thd = FloatSpinBox(
-            label="area thr.", min=0, max=0.99, step=0.05, tooltip="0 = off"
-        )
-        self.pamr_steps = SpinBox(label="PAMR steps", min=0, max=50)
-        self.closing = CheckBox(text="closing (3x3)")
-        advanced = Container(
-            widgets=[
-                self.short_side, self.crop, self.stride, self.image_engineering, self.c_img,
-                self.logit_scale, self.prob_thd, self.area_thd, self.pamr_steps, self.closing,
-            ]
-        )  # fmt: skip
+        advanced = Container(widgets=[self.parameter_controls[n] for n in ADVANCED_PARAMETERS])
 
         self.model = LineEdit(label="model", value=DEFAULT_MODEL)
         self.pretrained = LineEdit(label="pretrained", value=DEFAULT_PRETRAINED)
@@ -160,9 +146,13 @@ class SegmentationWidget(QWidget):
             label="weights file", mode="r", nullable=True,
             tooltip="A local weights file; when set it replaces the pretrained tag",
         )  # fmt: skip
-        model = Container(widgets=[self.model, self.pretrained, self.weights])
+        self.precision = ComboBox(
+            label="precision", choices=list(PRECISIONS), value="auto",
+            tooltip="auto: fp16 autocast on CUDA, fp32 elsewhere",
+        )  # fmt: skip
+        model = Container(widgets=[self.model, self.pretrained, self.weights, self.precision])
 
-        self.run_button = PushButton(text="Run")
+        self.run_button = PushButton(text="Run", tooltip=RUN_TOOLTIP)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         # Never empty, and ignoring their text width: changing text must not resize the dock,
@@ -191,16 +181,17 @@ class SegmentationWidget(QWidget):
         self._restore_settings()
         self._connect()
         self._on_image_changed(self.image.value)
+        self._check_request()
 
     # ------------------------------------------------------------------------ wiring
     @property
     def _persisted(self) -> dict:
-        """The widgets whose values persist, by settings key (= attribute name)."""
+        """The widgets whose values persist, by settings key (= attribute or parameter name)."""
         names = (
-            "planes", "channels", "classes", "background", "preset", "aux_file", "device",
-            *PRESET_FIELDS, "model", "pretrained", "weights",
+            "planes", "channels", "classes", "preset", "aux_file", "device", "model",
+            "pretrained", "weights", "precision",
         )  # fmt: skip
-        return {name: getattr(self, name) for name in names}
+        return {**{name: getattr(self, name) for name in names}, **self.parameter_controls}
 
     def _connect(self):
         self.image.changed.connect(self._on_image_changed)
@@ -209,10 +200,17 @@ class SegmentationWidget(QWidget):
         self.load_classes.changed.connect(self._ask_load_classes)
         self.save_classes.changed.connect(self._ask_save_classes)
         self.preset.changed.connect(self._on_preset)
-        for name in PRESET_FIELDS:
-            getattr(self, name).changed.connect(self._on_parameter_edited)
+        for control in self.parameter_controls.values():
+            control.changed.connect(self._on_parameter_edited)
+        for control in (
+            self.classes,
+            self.aux_file,
+            self.preset,
+            *self.parameter_controls.values(),
+        ):
+            edits(control).connect(self._check_request)
         for widget in self._persisted.values():
-            widget.changed.connect(self._save_settings)
+            edits(widget).connect(self._save_settings)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
 
@@ -287,12 +285,10 @@ class SegmentationWidget(QWidget):
 
     # ------------------------------------------------------------------- parameters
     def _fill_preset(self, name: str):
-        preset = PRESETS[name].to_dict()
         self._filling = True
         try:
-            for field in PRESET_FIELDS:
-                value = preset[field]
-                getattr(self, field).value = 0.0 if value is None else value
+            for field, value in self._preset_values(name).items():
+                self.parameter_controls[field].value = shown_value(PARAMETERS[field], value)
         finally:
             self._filling = False
 
@@ -306,7 +302,12 @@ class SegmentationWidget(QWidget):
     def _on_parameter_edited(self):
         if self._filling or self.preset.value == CUSTOM:
             return
-        if self.overrides() != self._preset_values(self.preset.value):
+        try:
+            shown = self.overrides()
+        except ValueError:  # a half-typed list of integers is no preset's
+            shown = {}
+        preset = self._preset_values(self.preset.value)
+        if any(shown.get(field) != value for field, value in preset.items()):
             self._filling = True
             try:
                 self.preset.value = CUSTOM
@@ -315,14 +316,36 @@ class SegmentationWidget(QWidget):
 
     @staticmethod
     def _preset_values(name: str) -> dict:
-        preset = PRESETS[name].to_dict()
-        return {field: preset[field] for field in PRESET_FIELDS}
+        return {field: getattr(PRESETS[name], field) for field in FROM_PRESET}
 
     def overrides(self) -> dict:
-        """The parameter values shown, as `ITACLIP.segment` overrides (area thr. 0 = None)."""
-        values = {field: getattr(self, field).value for field in PRESET_FIELDS}
-        values["area_thd"] = values["area_thd"] or None
-        return values
+        """Every parameter's value as shown, as `prepare` overrides (an optional 0 = None)."""
+        return {
+            name: parameter_value(p, self.parameter_controls[name].value)
+            for name, p in PARAMETERS.items()
+        }
+
+    def request(self) -> Request:
+        """The classes, aux text and parameters shown, checked by `prepare`.
+
+        Raises ValueError or TypeError naming the problem; no model is needed.
+        """
+        preset = self._base_preset if self.preset.value == CUSTOM else self.preset.value
+        return prepare(
+            self.classes.value, preset=preset, aux_text=self.aux_file.value, **self.overrides()
+        )
+
+    def _check_request(self, *_):
+        """Show what is wrong with the request under the class box and on Run, as it changes."""
+        try:
+            self.request()
+        except (ValueError, TypeError) as exc:
+            problem = str(exc)
+        else:
+            problem = ""
+        self.request_problem.value = problem
+        self.request_problem.visible = bool(problem)
+        self.run_button.tooltip = problem or RUN_TOOLTIP
 
     # --------------------------------------------------------------------- settings
     def _save_settings(self, *_):
@@ -360,28 +383,20 @@ class SegmentationWidget(QWidget):
         channel_axis = self.channel_axis.value
         channels = None
         if channel_axis is not None:
-            try:
-                channels = [int(c) for c in self.channels.value.replace(",", " ").split()]
-            except ValueError:
-                raise ValueError(
-                    f"channels must be up to 3 integers such as '0, 1, 2', got {self.channels.value!r}"
-                ) from None
+            channels = list(
+                integers(self.channels.value, "channels must be up to 3 integers such as '0, 1, 2'")
+            )
         position = (
             current_position(self.viewer, layer) if self.planes.value == CURRENT_PLANE else "all"
         )
         planes = LayerPlanes.from_layer(
             layer, channel_axis=channel_axis, channels=channels, position=position
         )
-        preset = self._base_preset if self.preset.value == CUSTOM else self.preset.value
-        overrides = {"background": self.background.value, **self.overrides()}
-        # Classes, aux text and parameters are checked here, before any model loads.
-        request = prepare(
-            self.classes.value, preset=preset, aux_text=self.aux_file.value, **overrides
-        )
+        request = self.request()  # checked here, before any model loads
         pretrained = (
             str(self.weights.value) if self.weights.value else self.pretrained.value.strip()
         )
-        model_key = (self.model.value.strip(), pretrained, self.device.value)
+        model_key = (self.model.value.strip(), pretrained, self.device.value, self.precision.value)
         return _Job(layer, planes, request, model_key)
 
     def run(self):
@@ -413,16 +428,19 @@ class SegmentationWidget(QWidget):
             self.stage.value = "cancelling..."
 
     def _work(self, job: _Job):
-        """Worker thread: load the model if the key changed, then segment."""
-        if job.model_key != self._model_key:
-            self._show_progress(0, 1, f"loading model {job.model_key[0]} / {job.model_key[1]}")
-            # Only one run at a time, so the worker may own these attributes while it runs.
-            # Drop the old model first so that two are never in memory together.
-            self._segmenter = None
-            self._segmenter = self.segmenter_factory(*job.model_key)
-            self._model_key = job.model_key
+        """Worker thread: get the model (loaded only if the key changed), then segment."""
+        # napari builds the labels layer's features table with pandas: imported here, in the
+        # worker, its ~300 modules do not load on the GUI thread when the layers are added.
+        import pandas  # noqa: F401
+
+        model, pretrained = job.model_key[:2]
+        segmenter = SEGMENTERS.get(
+            job.model_key,
+            self.segmenter_factory,
+            loading=lambda: self._show_progress(0, 1, f"loading model {model} / {pretrained}"),
+        )
         return segment_planes(
-            self._segmenter,
+            segmenter,
             job.planes,
             job.request,
             progress=self._show_progress,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bundle import ResultBundle, save_bundle
+from .bundle import save_bundle
+from .labels import ResultRecord
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
@@ -23,7 +24,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     labels = np.asarray(data)
     n_ids = len(info["label_names"])
     colors = np.asarray(meta["colormap"].map(np.arange(n_ids)), float)
-    result = ResultBundle(
+    record = ResultRecord(
         label_image=labels,
         probabilities=np.asarray(metadata["itaclip_probabilities"]),
         class_names=info["class_names"],
@@ -31,6 +32,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         parameters=info["parameters"],
         colors=colors,
         probability_factor=info["probability_factor"],
+        geometry={key: meta[key] for key in ("scale", "translate", "rotate", "shear", "affine")},
+        name=info["source"],
     )
-    geometry = {key: meta[key] for key in ("scale", "translate", "rotate", "shear", "affine")}
-    return [str(save_bundle(path, result, geometry=geometry, name=info["source"]))]
+    return [str(save_bundle(path, record))]

@@ -4,7 +4,7 @@ Format (numpy `savez_compressed`, read back with `allow_pickle=False`):
 
 - `labels`: the label image, (*stack, H, W) uint8/uint16 **label ids** as in the napari Labels
   layer: with a background class list a label id is the class id (0 = background); without one
-  it is class id + 1 and 0 means "unlabelled" (see `label_offset`).
+  it is class id + 1 and 0 means "unlabelled" (the convention of `labels.py`).
 - `probabilities`: (C, *stack, ceil(H/f), ceil(W/f)) float32 class probabilities, f being the
   probability factor (each value is the mean over the f x f block it covers).
 - `class_names`: JSON list of the C class names, in class-id order.
@@ -14,20 +14,23 @@ Format (numpy `savez_compressed`, read back with `allow_pickle=False`):
   `probability_factor`, `background`, `label_offset`, `name` (the source image's name or null)
   and `geometry` (null, or the labels layer's `scale`, `translate`, `rotate`, `shear`, `affine`).
 
-numpy only: the command line and the napari reader/writer share it.
+numpy only: the command line and the napari reader/writer share it. `save_bundle` writes a
+`labels.ResultRecord` (or a `SegmentationResult`, through its record); `load_bundle` returns one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .colors import class_colors
+from .labels import ResultRecord, label_id_dtype, to_record
+from .labels import label_offset as _label_offset
 
 SUFFIX = ".itaclip.npz"
 FORMAT = "napari-itaclip result bundle"
@@ -36,51 +39,31 @@ _ARRAYS = ("labels", "probabilities")
 _JSON = ("class_names", "colors", "parameters", "meta")
 
 
-def label_offset(background: bool) -> int:
-    """What is added to a class id to get its label id: 0 with a background class, else 1."""
-    return 0 if background else 1
+def __getattr__(name):
+    # Names this module had before the label convention moved to `labels.py`.
+    replacements = {
+        "ResultBundle": ("labels.ResultRecord", ResultRecord),
+        "label_dtype": ("labels.label_id_dtype", _label_dtype),
+        "label_image": ("labels.to_record(result).label_image", _label_image),
+        "label_offset": ("labels.label_offset", _label_offset),
+    }
+    if name not in replacements:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    replacement, value = replacements[name]
+    warnings.warn(
+        f"napari_itaclip.bundle.{name} is deprecated; use napari_itaclip.{replacement}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return value
 
 
-def label_dtype(n_label_ids: int) -> np.dtype:
-    return np.dtype(np.uint8 if n_label_ids <= 256 else np.uint16)
+def _label_dtype(n_label_ids: int) -> np.dtype:
+    return label_id_dtype(n_label_ids, background=True)
 
 
-def label_image(result) -> np.ndarray:
-    """The label ids of a `SegmentationResult` (class ids + offset) or a `ResultBundle`."""
-    if isinstance(result, ResultBundle):
-        return result.label_image
-    offset = label_offset(result.background)
-    if offset == 0:
-        return result.labels
-    dtype = label_dtype(len(result.class_names) + offset)
-    return result.labels.astype(dtype) + dtype.type(offset)
-
-
-@dataclass
-class ResultBundle:
-    """What `load_bundle` returns; the fields mirror `SegmentationResult` except `label_image`.
-
-    label_image: (*stack, H, W) label ids (not class ids: see `label_offset`).
-    probabilities: (C, *stack, H', W') float32.
-    class_names, background, parameters, probability_factor: as in `SegmentationResult`.
-    colors: (C + label offset, 4) RGBA, one row per label id.
-    geometry: the labels layer's scale/translate/rotate/shear/affine, or None.
-    name: the source image's name, or None.
-    """
-
-    label_image: np.ndarray
-    probabilities: np.ndarray
-    class_names: list[str]
-    background: bool
-    parameters: dict
-    colors: np.ndarray
-    probability_factor: int = 1
-    geometry: dict | None = None
-    name: str | None = None
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
+def _label_image(result) -> np.ndarray:
+    return to_record(result).label_image
 
 
 def _jsonable(value):
@@ -104,61 +87,56 @@ def save_bundle(
     geometry: dict | None = None,
     name: str | None = None,
 ) -> Path:
-    """Write `result` (a `SegmentationResult` or `ResultBundle`) to `path` and return the path.
+    """Write `result` (a `SegmentationResult` or `ResultRecord`) to `path` and return the path.
 
     labels: label ids replacing the result's own (a hand-corrected Labels layer's data), same
         shape as the result's labels.
-    colors: (n, 4) RGBA per label id (default: `class_colors`, or the bundle's own).
-    geometry: dict with any of scale, translate, rotate, shear, affine of the labels layer.
-    name: the source image's name.
+    colors: (n, 4) RGBA per label id (default: the record's, `labels.label_colors`).
+    geometry: dict with any of scale, translate, rotate, shear, affine of the labels layer
+        (default: the record's).
+    name: the source image's name (default: the record's).
     `path` gets the `.itaclip.npz` suffix if it lacks it.
     """
     path = Path(path)
     if not path.name.endswith(SUFFIX):
         path = path.with_name(path.name.removesuffix(".npz") + SUFFIX)
-    own_labels = label_image(result)
-    labels = own_labels if labels is None else np.asarray(labels)
-    if labels.shape != own_labels.shape:
-        raise ValueError(
-            f"labels have shape {labels.shape} but the result's labels have {own_labels.shape}"
-        )
-    offset = label_offset(result.background)
-    n_ids = len(result.class_names) + offset
+    own = to_record(result)
+    given = {"label_image": labels, "colors": colors, "geometry": geometry, "name": name}
+    record = replace(own, **{key: value for key, value in given.items() if value is not None})
+    labels = np.asarray(record.label_image)
+    shape = own.label_image.shape
+    if labels.shape != shape:
+        raise ValueError(f"labels have shape {labels.shape} but the result's labels have {shape}")
+    n_ids = record.n_classes + record.label_offset
     if labels.size and int(labels.max()) >= n_ids:
         raise ValueError(
-            f"labels hold the id {int(labels.max())} but {len(result.class_names)} classes only "
+            f"labels hold the id {int(labels.max())} but {record.n_classes} classes only "
             f"have ids up to {n_ids - 1}"
         )
-    if colors is None:
-        colors = result.colors if isinstance(result, ResultBundle) else class_colors(n_ids)
-    colors = np.asarray(colors, float)
+    colors = np.asarray(record.colors, float)
     if colors.shape != (n_ids, 4):
         raise ValueError(f"colors must have shape ({n_ids}, 4), got {colors.shape}")
-    if geometry is None and isinstance(result, ResultBundle):
-        geometry = result.geometry
-    if name is None and isinstance(result, ResultBundle):
-        name = result.name
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "probability_factor": int(result.probability_factor),
-        "background": bool(result.background),
-        "label_offset": offset,
-        "name": name,
-        "geometry": None if geometry is None else _jsonable(geometry),
+        "probability_factor": int(record.probability_factor),
+        "background": bool(record.background),
+        "label_offset": record.label_offset,
+        "name": record.name,
+        "geometry": None if record.geometry is None else _jsonable(record.geometry),
     }
     texts = {
-        "class_names": list(result.class_names),
+        "class_names": list(record.class_names),
         "colors": colors.tolist(),
-        "parameters": _jsonable(result.parameters),
+        "parameters": _jsonable(record.parameters),
         "meta": meta,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as file:
         np.savez_compressed(
             file,
-            labels=labels.astype(label_dtype(n_ids), copy=False),
-            probabilities=np.asarray(result.probabilities, np.float32),
+            labels=labels.astype(label_id_dtype(record.n_classes, record.background), copy=False),
+            probabilities=np.asarray(record.probabilities, np.float32),
             **{key: np.array(json.dumps(value)) for key, value in texts.items()},
         )
     return path
@@ -224,11 +202,11 @@ def check_bundle(path) -> dict:
     return meta
 
 
-def load_bundle(path) -> ResultBundle:
+def load_bundle(path) -> ResultRecord:
     """Read a bundle written by `save_bundle` (ValueError if it is not a consistent one)."""
     meta = check_bundle(path)
     with np.load(path, allow_pickle=False) as npz:
-        return ResultBundle(
+        return ResultRecord(
             label_image=npz["labels"],
             probabilities=npz["probabilities"],
             class_names=json.loads(str(npz["class_names"])),

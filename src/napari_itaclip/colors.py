@@ -1,5 +1,7 @@
 """One fixed colour per label value, shared by the napari layers and the command line (numpy only).
 
+Which value a class has (its label id) is the label convention's, `labels.py`.
+
 The palette is the PASCAL VOC colormap: the bits of a label value are spread over the high bits
 of R, G and B, three at a time. Value 0 is black (background, or "unlabelled"), 1 dark red,
 2 green, 3 olive, 4 navy, 15 (VOC "person") pink... Because a colour depends only on the value,

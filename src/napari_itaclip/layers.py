@@ -6,17 +6,20 @@ no viewer (and no napari import unless a source layer is given):
 - one probability Image layer per class, `<image> p(<class>)`, first, then
 - the Labels layer `<image> labels` last, so it is drawn on top.
 
-Label ids: with a background class list the label id is the class id (0 = background); without
-one it is class id + 1 and 0 stays "unlabelled" for correction (see `bundle.label_offset`). The
-Labels layer's `features` table has an `index` column (label id) and a `class` column (its name),
-so hovering shows the class name; each label id has a fixed colour (`colors.class_colors`).
+Both a fresh `SegmentationResult` and a `labels.ResultRecord` (a bundle file) go through the
+record (`labels.to_record`), which holds the label ids, colours, geometry and name. Label ids
+follow `labels.py`: with a background class list the label id is the class id (0 = background);
+without one it is class id + 1 and 0 stays "unlabelled" for correction. The Labels layer's
+`features` table has an `index` column (label id) and a `class` column (its name), so hovering
+shows the class name; each label id has its fixed colour, label 0 is transparent.
 
 Probability layers: a black-to-class-colour colormap with additive blending and contrast 0-1, so
 the visible ones mix like colour channels; only the first `VISIBLE_PROBABILITY_LAYERS`
 non-background classes are visible. Every class gets one when there are at most
 `ALL_PROBABILITY_LAYERS_UP_TO` classes; longer lists (coco_stuff has 171) get one for each class
-present in the labels only, since each layer costs GUI time to add. When probabilities were kept at 1/f of the size they are
-placed with scale * f and a shift of (f - 1) / 2 pixels (the centre of the f x f block).
+present in the labels only, since each layer costs GUI time to add. When probabilities were
+kept at 1/f of the size they are placed with scale * f and a shift of (f - 1) / 2 pixels (the
+centre of the f x f block).
 
 Geometry: scale, translate, rotate, shear and affine come from the source layer, less its channel
 axis if one was mapped to RGB, shifted to the plane a single-plane run came from.
@@ -36,8 +39,8 @@ import uuid
 
 import numpy as np
 
-from .bundle import ResultBundle, label_image, label_offset
-from .colors import class_colors
+from .labels import BACKGROUND_COLOR, BACKGROUND_LABEL, to_record
+from .labels import label_names as label_names  # its home before labels.py
 
 LayerData = tuple  # (data, kwargs, layer_type) as napari's readers return
 
@@ -46,14 +49,6 @@ VISIBLE_PROBABILITY_LAYERS = 3
 # only for the classes present in the labels (all maps stay in the metadata and the bundle).
 ALL_PROBABILITY_LAYERS_UP_TO = 10
 LABELS_OPACITY = 0.6
-TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
-
-
-def label_names(class_names: list[str], background: bool) -> list[str]:
-    """The name of every label id: "background" or "unlabelled" first, then the classes."""
-    if background:
-        return ["background", *class_names[1:]]
-    return ["unlabelled", *class_names]
 
 
 def labels_name(source_name: str) -> str:
@@ -122,16 +117,17 @@ def _placed(geometry: dict, factor: np.ndarray, offset: np.ndarray) -> dict:
 
 
 def labels_geometry(result, source_layer=None) -> dict:
-    """Where the result's labels sit: the source layer's geometry (or the bundle's stored one),
+    """Where the result's labels sit: the source layer's geometry (or the record's stored one),
     less a channel axis, moved to the plane of a single-plane run."""
-    ndim = label_image(result).ndim
-    parameters = result.parameters
+    record = to_record(result)
+    ndim = record.label_image.ndim
+    parameters = record.parameters
     if source_layer is not None:
         geometry = _layer_geometry(source_layer, parameters.get("channel_axis"))
-    elif isinstance(result, ResultBundle) and result.geometry:
+    elif record.geometry:
         return {
             **_identity_geometry(ndim),
-            **{key: np.asarray(value, float) for key, value in result.geometry.items()},
+            **{key: np.asarray(value, float) for key, value in record.geometry.items()},
         }
     else:
         geometry = _identity_geometry(ndim)
@@ -170,43 +166,39 @@ def _probability_colormap(color) -> dict:
 
 
 def result_to_layer_data(result, source_layer=None) -> list[LayerData]:
-    """Layer data for a `SegmentationResult` (also stacked, see `api.segment_planes`) or a
-    `ResultBundle`: the probability Image layers, then the Labels layer (see the module doc).
+    """Layer data for a `SegmentationResult` (also stacked, see `planes.segment_planes`) or a
+    `labels.ResultRecord`: the probability Image layers, then the Labels layer (module doc).
 
     source_layer: the napari layer that was segmented; its name and geometry are used. Without
-    it, a bundle's stored name and geometry are used, else the name "ITACLIP" and unit scale.
+    it, the record's stored name and geometry are used, else the name "ITACLIP" and unit scale.
     """
-    labels = label_image(result)
-    background = bool(result.background)
-    names = label_names(list(result.class_names), background)
-    offset = label_offset(background)
-    colors = result.colors if isinstance(result, ResultBundle) else class_colors(len(names))
+    record = to_record(result)
+    labels = record.label_image
+    names = record.label_names
+    offset = record.label_offset
+    colors = record.colors
     if source_layer is not None:
         source_name = source_layer.name
     else:
-        source_name = (
-            getattr(result, "name", None) or result.parameters.get("source_layer") or "ITACLIP"
-        )
-    geometry = labels_geometry(result, source_layer)
-    factor = int(result.probability_factor)
+        source_name = record.name or record.parameters.get("source_layer") or "ITACLIP"
+    geometry = labels_geometry(record, source_layer)
+    factor = record.probability_factor
     info = {
-        "class_names": list(result.class_names),
+        "class_names": list(record.class_names),
         "label_names": names,
-        "background": background,
+        "background": record.background,
         "label_offset": offset,
-        "parameters": dict(result.parameters),
-        "timings": dict(getattr(result, "timings", {})),
+        "parameters": dict(record.parameters),
+        "timings": dict(record.timings),
         "probability_factor": factor,
         "source": source_name,
         "result_id": uuid.uuid4().hex,
     }
-    # A loaded bundle may already hold corrections, so it gets no checksum: a re-run never
-    # replaces it (see api.add_result_layers).
-    computed = not isinstance(result, ResultBundle)
     colormap = {
-        label: TRANSPARENT if label == 0 else tuple(colors[label]) for label in range(len(names))
+        label: BACKGROUND_COLOR if label == BACKGROUND_LABEL else tuple(colors[label])
+        for label in range(len(names))
     }
-    colormap[None] = TRANSPARENT
+    colormap[None] = BACKGROUND_COLOR
     labels_layer = (
         labels,
         {
@@ -218,26 +210,28 @@ def result_to_layer_data(result, source_layer=None) -> list[LayerData]:
                 "itaclip": {
                     **info,
                     "role": "labels",
-                    "labels_checksum": checksum(labels) if computed else None,
+                    # A loaded file may already hold corrections, so it gets no checksum: a
+                    # re-run never replaces it (see viewer.add_result_layers).
+                    "labels_checksum": checksum(labels) if record.fresh else None,
                 },
-                "itaclip_probabilities": result.probabilities,
+                "itaclip_probabilities": record.probabilities,
             },
             **_geometry_kwargs(geometry),
         },
         "labels",
     )
     prob_kwargs = _geometry_kwargs(probability_geometry(geometry, factor))
-    if len(result.class_names) <= ALL_PROBABILITY_LAYERS_UP_TO:
+    if record.n_classes <= ALL_PROBABILITY_LAYERS_UP_TO:
         present = np.ones(len(names), bool)
     else:
         present = np.bincount(labels.ravel(), minlength=len(names)) > 0
     probability_layers = []
     shown = 0
-    for class_id, probabilities in enumerate(result.probabilities):
+    for class_id, probabilities in enumerate(record.probabilities):
         label = class_id + offset
         if not present[label]:
             continue
-        visible = label != 0 and shown < VISIBLE_PROBABILITY_LAYERS
+        visible = label != BACKGROUND_LABEL and shown < VISIBLE_PROBABILITY_LAYERS
         shown += visible
         probability_layers.append(
             (

@@ -1,0 +1,84 @@
+"""One loaded segmenter per process, shared by the dock widget and the notebook API.
+
+A model takes seconds to load and hundreds of MB to hold, so the faces ask
+`get_segmenter(model, pretrained, device, precision)` instead of building an `ITACLIP` per
+run: the same key returns the same segmenter; another key drops the old one before loading
+the new one, so two are never in memory together. Thread-safe (the widget loads in a worker
+thread while a notebook cell may ask too). No napari, no torch until a model is loaded.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .engine import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+
+def load_segmenter(model: str, pretrained, device: str = "auto", precision: str = "auto"):
+    """A new `ITACLIP` (what `get_segmenter` calls on a miss)."""
+    from .engine import preload_torch_libraries
+
+    preload_torch_libraries()  # so a GUI keeps drawing while torch's libraries load
+    from .engine import ITACLIP
+
+    return ITACLIP.from_pretrained(model, pretrained, device, precision)
+
+
+class SegmenterCache:
+    """Holds the one segmenter made last, with the loader and key that made it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._made_by: tuple | None = None  # (load, key)
+        self._segmenter = None
+
+    def get(
+        self, key: tuple, load: Callable[..., Any], *, loading: Callable[[], None] | None = None
+    ):
+        """The segmenter `load(*key)` made, loading it only when the loader or key changed.
+
+        loading: called just before a load (e.g. to say so in a progress bar). A loader that
+        raises leaves the cache empty; the next call tries again.
+        """
+        made_by = (load, tuple(key))
+        with self._lock:
+            if self._made_by != made_by:
+                self._drop()
+                if loading is not None:
+                    loading()
+                self._segmenter = load(*key)
+                self._made_by = made_by
+            return self._segmenter
+
+    def clear(self) -> None:
+        """Forget the held segmenter (its memory is freed once no caller holds it)."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        held = self._segmenter is not None
+        self._made_by = self._segmenter = None
+        if held:
+            gc.collect()  # module graphs hold reference cycles: free the weights now
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+
+
+SEGMENTERS = SegmenterCache()
+
+
+def get_segmenter(
+    model: str = DEFAULT_MODEL,
+    pretrained=DEFAULT_PRETRAINED,
+    device: str = "auto",
+    precision: str = "auto",
+):
+    """The shared `ITACLIP` for (model, pretrained tag or weights file, device, precision)."""
+    pretrained = os.fspath(pretrained)  # a Path and its string are the same weights
+    return SEGMENTERS.get((model, pretrained, device, precision), load_segmenter)
