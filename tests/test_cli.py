@@ -13,23 +13,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_itaclip import SegmentationResult, __version__
-from napari_itaclip.bundle import label_offset, load_bundle
-from napari_itaclip.cli import (
-    EXIT_FAILURES,
-    EXIT_OK,
-    EXIT_USAGE,
-    LABEL_METADATA_KEY,
-    class_palette,
-    main,
-    overlay_image,
-    planned_outputs,
-    read_image,
-    read_label_image,
-    write_outputs,
-)
+from napari_itaclip import __version__
+from napari_itaclip.bundle import load_bundle
+from napari_itaclip.cli import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, main
 from napari_itaclip.colors import class_colors_uint8
 from napari_itaclip.evaluation import mean_iou
+from napari_itaclip.io import LABEL_METADATA_KEY
+from napari_itaclip.labels import label_offset
 
 CLASSES = "sky; cat, kitten; dog"
 N_CLASSES = 3
@@ -192,8 +182,7 @@ def test_paper_preset_with_background_and_aux_text(tmp_path, tiny_weights):
         (["--classes", "missing.txt"], "class list file not found: missing.txt"),
         (["--classes", "sky; cat; cat"], "duplicate class name"),
         (["--classes", "sky; cat", "--stride", "500"], "stride (500) must not be larger"),
-        (["--classes", "sky; cat", "--prob-thd", "2"], "prob_thd must be in [0, 1], got 2.0"),
-        (["--classes", "sky; cat", "--aux-text", "nowhere.txt"], "cannot read the auxiliary"),
+        (["--classes", "sky; cat", "--aux-text", "nowhere.txt"], "auxiliary text file not found"),
         (["--classes", "sky; cat", "--device", "cuda:7"], "cuda"),
         (["--classes", "sky; cat", "--pretrained", "/no/such/weights.pt"], "weights file not"),
     ],
@@ -233,6 +222,22 @@ def test_usage_errors_exit_2(argv, capsys):
     assert "usage: napari-itaclip" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--prob-thd", "2"], "argument --prob-thd: prob_thd must be in [0, 1], got 2.0"),
+        (["--short-side", "8"], "argument --short-side: short_side must be in [16, 4096], got 8"),
+        (["--stride", "2.5"], "argument --stride: expected an integer, got '2.5'"),
+        (["--area-thd", "off"], "argument --area-thd: expected a number or \"none\", got 'off'"),
+        (["--pamr-dilations", "8,x"], "expected comma-separated integers, got '8,x'"),
+        (["--pamr-dilations", "8,99"], "pamr_dilations must be in [1, 64], got (8, 99)"),
+    ],
+)
+def test_parameter_values_are_checked_against_their_range(option, message, capsys):
+    assert main(["segment", "image.png", "--classes", "a; b", *option]) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [[], ["segment"], ["evaluate"], ["info"], ["cache"]])
 def test_help_everywhere(command, capsys):
     assert main([*command, "--help"]) == EXIT_OK
@@ -245,65 +250,51 @@ def test_folder_without_images_fails(tmp_path, capsys):
     assert "no images found" in capsys.readouterr().err
 
 
-def test_outputs_go_to_tiff_above_256_classes_and_label_ids_are_class_ids(tmp_path):
-    names = [f"class {i}" for i in range(300)]
-    labels = np.arange(24 * 30, dtype=np.uint16).reshape(24, 30) % 300
-    result = SegmentationResult(
-        labels=labels,
-        probabilities=np.zeros((300, 24, 30), np.float32),
-        class_names=names,
-        background=False,
-        parameters={},
-    )
-    outputs = planned_outputs(tmp_path / "photo", {"png", "bundle"}, 300, overlay=True)
-    assert outputs["tif"] == tmp_path / "photo_labels.tif" and "png" not in outputs
-    write_outputs(outputs, result, random_rgb(0, (24, 30)), "photo.png")
-    np.testing.assert_array_equal(tifffile.imread(outputs["tif"]), labels)
-    assert load_bundle(outputs["bundle"]).label_image.max() == 300  # label ids: class id + 1
-    overlay = np.asarray(Image.open(outputs["overlay"]))
-    assert overlay.shape == (24, 30, 3)
+def test_segment_a_tiff_stack_writes_one_stacked_result(tmp_path, model_args, capsys):
+    stack = np.stack([random_rgb(seed)[..., seed] for seed in range(3)])  # (3, 40, 50)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "--classes", CLASSES, "--out", str(out), *model_args]) == 0
+    captured = capsys.readouterr()
+    assert "1 segmented, 0 skipped, 0 failed" in captured.out
+    assert captured.err.count("label images of stacks are TIFFs") == 1
+    labels = tifffile.imread(out / "stack_labels.tif")
+    assert labels.shape == (3, 40, 50) and labels.max() < N_CLASSES
+    assert load_bundle(out / "stack.itaclip.npz").label_image.shape == (3, 40, 50)
+    assert not (out / "stack_labels.png").exists()
 
 
-def test_overlay_blends_class_colours_and_leaves_background_bare():
-    rgb = np.array([[[0, 0, 0], [255, 255, 255], [10, 20, 30]]], np.uint8)
-    labels = np.array([[1, 1, 0]], np.uint8)
-    palette = np.array([[0, 0, 0], [200, 100, 0]], np.uint8)
-    with_background = overlay_image(rgb, labels, palette, background=True)
-    # 128/255 of the colour over 127/255 of the image, rounded.
-    np.testing.assert_array_equal(with_background[0, 0], [100, 50, 0])
-    np.testing.assert_array_equal(with_background[0, 1], [227, 177, 127])
-    np.testing.assert_array_equal(with_background[0, 2], [10, 20, 30])
-    without_background = overlay_image(rgb, labels, palette, background=False)
-    np.testing.assert_array_equal(without_background[0, 2], [5, 10, 15])
+@pytest.fixture
+def model_refused(monkeypatch):
+    """Loading a model fails the test: checks must answer before."""
+    import napari_itaclip.cli as cli
+
+    def refuse(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "load_segmenter", refuse)
 
 
-def test_class_palette_with_background_starts_black():
-    np.testing.assert_array_equal(class_palette(3, background=True), class_colors_uint8(3))
-    np.testing.assert_array_equal(class_palette(3, background=True)[0], [0, 0, 0])
+def test_out_that_is_a_file_exits_2_before_the_model_loads(tmp_path, model_refused, capsys):
+    image = save_rgb(tmp_path / "photo.png", random_rgb(0))
+    taken = tmp_path / "results"
+    taken.write_text("not a folder")
+    code = main(["segment", str(image), "--classes", CLASSES, "--out", str(taken)])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert err == f"error: output folder {taken} is a file\n"
 
 
-def test_read_image_keeps_rgb_order_and_bit_depth(tmp_path):
-    red = np.zeros((4, 5, 3), np.uint8)
-    red[..., 0] = 255
-    assert read_image(save_rgb(tmp_path / "red.png", red))[0, 0].tolist() == [255, 0, 0]
-    deep = (np.arange(20, dtype=np.uint16) * 3000).reshape(4, 5)
-    Image.fromarray(deep).save(tmp_path / "deep.png")
-    loaded = read_image(tmp_path / "deep.png")
-    assert loaded.dtype == np.uint16
-    np.testing.assert_array_equal(loaded, deep)
-    tifffile.imwrite(tmp_path / "stack.tif", red[None])
-    assert read_image(tmp_path / "stack.tif").shape == (4, 5, 3)
-
-
-def test_read_label_image_returns_palette_indices_and_rejects_colours(tmp_path):
-    indices = np.array([[0, 1], [15, 255]], np.uint8)
-    image = Image.fromarray(indices)
-    image.putpalette(class_colors_uint8(256).ravel().tolist())
-    image.save(tmp_path / "voc.png")
-    np.testing.assert_array_equal(read_label_image(tmp_path / "voc.png"), indices)
-    save_rgb(tmp_path / "colour.png", np.zeros((2, 2, 3), np.uint8))
-    with pytest.raises(ValueError, match="mode RGB; .*class ids, not colours"):
-        read_label_image(tmp_path / "colour.png")
+def test_json_that_is_a_folder_exits_2_before_the_model_loads(tmp_path, model_refused, capsys):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    save_rgb(images / "a.png", random_rgb(0))
+    truth = np.zeros((40, 50), np.uint8)
+    labels.mkdir()
+    Image.fromarray(truth).save(labels / "a.png")
+    folders = ["--images", str(images), "--labels", str(labels), "--json", str(tmp_path)]
+    assert main(["evaluate", *folders, "--classes", "a; b"]) == EXIT_USAGE
+    assert capsys.readouterr().err == f"error: output file {tmp_path} is a folder\n"
 
 
 # ----------------------------------------------------------------------------- evaluate

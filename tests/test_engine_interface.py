@@ -97,7 +97,6 @@ def test_the_boundary_check_sees_relative_parent_imports(tmp_path):
     assert [m for _, m, _ in found] == ["napari_itaclip", "napari_itaclip.layers", "dask.array"]
 
 
-@pytest.mark.xfail(strict=False, reason="faces switch after the split")
 def test_faces_use_only_the_public_interface():
     public = set(engine.__all__)
     submodule = re.compile(r"napari_itaclip\.engine\.\w+")

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from napari_itaclip.evaluation import (
+    Dataset,
+    Evaluation,
     confusion_matrix,
+    evaluate_dataset,
+    evaluation_report,
+    format_table,
     iou_per_class,
+    match_dataset,
     mean_iou,
     pixel_accuracy,
     reduce_zero_label,
@@ -113,3 +121,75 @@ def test_shape_and_dtype_mismatches_are_errors():
 def test_reduce_zero_label_shifts_ids_down_and_ignores_zero():
     truth = np.array([[0, 1, 2], [255, 5, 0]], np.uint8)
     np.testing.assert_array_equal(reduce_zero_label(truth), [[255, 0, 1], [255, 4, 255]])
+
+
+# ------------------------------------------------- the evaluate command's steps, from Python
+def save_grey(path, array) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)
+
+
+def test_match_dataset_pairs_ids_and_notes_the_unmatched(tmp_path):
+    for name in ("a", "b", "c"):
+        save_grey(tmp_path / "images" / f"{name}_img.png", TRUTH)
+    for name in ("b", "a", "z"):
+        save_grey(tmp_path / "labels" / "sub" / f"{name}_gt.png", TRUTH)
+    dataset = Dataset(tmp_path / "images", tmp_path / "labels", None, "_img.png", "_gt.png")
+    pairs, note = match_dataset(dataset)
+    assert [(i, image.name, label.name) for i, image, label in pairs] == [
+        ("a", "a_img.png", "a_gt.png"),
+        ("b", "b_img.png", "b_gt.png"),
+    ]
+    assert note == "1 images without a label and 1 labels without an image are not evaluated"
+    (tmp_path / "val.txt").write_text("c\n\nb\n")
+    listed = Dataset(**{**vars(dataset), "id_list": tmp_path / "val.txt", "limit": 1})
+    assert match_dataset(listed) == ([("c", tmp_path / "images" / "c_img.png", None)], None)
+    with pytest.raises(ValueError, match="cannot read the id list file"):
+        match_dataset(Dataset(**{**vars(dataset), "id_list": tmp_path / "nope.txt"}))
+    with pytest.raises(ValueError, match="no image under .* has a label"):
+        match_dataset(Dataset(tmp_path / "images", tmp_path / "labels"))
+
+
+class Oracle:
+    """A stand-in segmenter whose prediction is PREDICTION, whatever the image."""
+
+    def segment(self, image, request, progress=None):
+        return SimpleNamespace(labels=PREDICTION)
+
+
+def test_evaluate_dataset_sums_matrices_and_records_failures(tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    for name in ("a", "b"):
+        save_grey(images / f"{name}.png", np.zeros(TRUTH.shape))
+        save_grey(labels / f"{name}.png", TRUTH)
+    save_grey(images / "c.png", np.zeros((4, 4)))  # not the label's size
+    save_grey(labels / "c.png", TRUTH)
+    dataset = Dataset(images, labels)
+    pairs, _ = match_dataset(dataset)
+    request = SimpleNamespace(n_classes=3, class_names=["x", "y", "z"])
+    evaluation = evaluate_dataset(pairs, request, segmenter=Oracle(), dataset=dataset)
+    np.testing.assert_array_equal(evaluation.matrix, 2 * EXPECTED_MATRIX)
+    assert evaluation.evaluated == 2
+    assert evaluation.failed == [
+        {"id": "c", "error": "label size (2, 3) differs from image size (4, 4)"}
+    ]
+
+    report = evaluation_report(
+        evaluation, request.class_names, dataset=dataset, parameters={"preset": "fast"}
+    )
+    assert report["miou"] == pytest.approx(np.mean(EXPECTED_IOU))
+    assert report["pixel_accuracy"] == pytest.approx(3 / 5)
+    assert [row["ground_truth_pixels"] for row in report["classes"]] == [4, 4, 2]
+    assert report["dataset"]["images"] == str(images) and report["dataset"]["list"] is None
+    table = format_table(report)
+    assert table.splitlines()[1].split() == ["0", "x", "50.00", "4"]
+    assert table.endswith("mIoU 44.44 over 3 classes, pixel accuracy 60.00, 2 images, 1 failed")
+
+
+def test_report_of_nothing_counted_has_no_scores():
+    evaluation = Evaluation(np.zeros((2, 2), np.int64))
+    report = evaluation_report(evaluation, ["x", "y"], dataset=Dataset("i", "l"), parameters={})
+    assert report["miou"] is None and report["pixel_accuracy"] is None
+    assert format_table(report).endswith(
+        "mIoU - over 0 classes, pixel accuracy -, 0 images, 0 failed"
+    )

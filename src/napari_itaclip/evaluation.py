@@ -12,9 +12,17 @@ numbers were computed (docs/evaluation.md):
   is left out of the mean: mIoU is the NaN-ignoring mean. A class that is predicted but absent
   from the ground truth has IoU 0 and does count.
 - Pixel accuracy = correctly labelled pixels / non-ignored pixels (mmseg's "aAcc").
+
+Below the metrics, what `napari-itaclip evaluate` runs, callable from Python: a `Dataset` of
+image and label folders, `match_dataset` (which image goes with which label),
+`evaluate_dataset` (segment and score them), `evaluation_report` and `format_table`.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -103,3 +111,195 @@ def pixel_accuracy(matrix) -> float:
     matrix = np.asarray(matrix)
     total = matrix.sum()
     return float(np.trace(matrix) / total) if total else float("nan")
+
+
+# ----------------------------------------------------------------------- a dataset on disk
+@dataclass(frozen=True)
+class Dataset:
+    """Image and ground-truth folders, how their files pair up, and how labels are read.
+
+    Files pair up by id: the file name less `image_suffix` / `label_suffix`, or less its
+    extension when no suffix is given (`io.index_files`). id_list: a file of the ids to
+    evaluate, one per line (VOC's val.txt); without it, every id in both folders. limit: the
+    first ids only. Ground truth equal to `ignore_index` is not counted; `reduce_zero_label`
+    as in `reduce_zero_label`.
+    """
+
+    images: Path
+    labels: Path
+    id_list: Path | None = None
+    image_suffix: str | None = None
+    label_suffix: str | None = None
+    ignore_index: int = 255
+    reduce_zero_label: bool = False
+    limit: int | None = None
+
+    def record(self) -> dict:
+        """What an evaluation report says about the dataset."""
+        return {
+            "images": str(self.images),
+            "labels": str(self.labels),
+            "list": None if self.id_list is None else str(self.id_list),
+            "image_suffix": self.image_suffix,
+            "label_suffix": self.label_suffix,
+            "ignore_index": self.ignore_index,
+            "reduce_zero_label": self.reduce_zero_label,
+            "limit": self.limit,
+        }
+
+
+def match_dataset(
+    dataset: Dataset,
+) -> tuple[list[tuple[str, Path | None, Path | None]], str | None]:
+    """(id, image, label) to evaluate, in order, and a note on unmatched files.
+
+    With an id list, every listed id is evaluated and a missing file fails that id; without
+    it, every id present in both folders is, sorted. ValueError when nothing matches, a
+    folder or the list cannot be read, or two files share an id.
+    """
+    from .io import index_files
+
+    images = index_files(dataset.images, dataset.image_suffix)
+    labels = index_files(dataset.labels, dataset.label_suffix)
+    note = None
+    if dataset.id_list is not None:
+        try:
+            text = Path(dataset.id_list).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the id list file {dataset.id_list}: {exc}") from None
+        ids = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        ids = sorted(images.keys() & labels.keys())
+        if not ids:
+            raise ValueError(
+                f"no image under {dataset.images} has a label under {dataset.labels} with the "
+                "same id; check --image-suffix/--label-suffix (docs/evaluation.md)"
+            )
+        unmatched_images, unmatched_labels = len(images) - len(ids), len(labels) - len(ids)
+        if unmatched_images or unmatched_labels:
+            note = (
+                f"{unmatched_images} images without a label and {unmatched_labels} labels without "
+                "an image are not evaluated"
+            )
+    if dataset.limit is not None:
+        ids = ids[: dataset.limit]
+    return [(image_id, images.get(image_id), labels.get(image_id)) for image_id in ids], note
+
+
+def evaluate_image(
+    segmenter, request, image_path, label_path, dataset: Dataset, progress=None
+) -> np.ndarray:
+    """The confusion matrix of one image (labels are read and checked before segmenting)."""
+    from .io import read_image, read_label_image
+
+    if image_path is None or label_path is None:
+        raise ValueError(f"no {'image' if image_path is None else 'label'} file with this id")
+    truth = read_label_image(label_path)
+    if dataset.reduce_zero_label:
+        truth = reduce_zero_label(truth, dataset.ignore_index)
+    image = read_image(image_path)
+    if truth.shape != image.shape[:2]:
+        raise ValueError(f"label size {truth.shape} differs from image size {image.shape[:2]}")
+    result = segmenter.segment(image, request, progress=progress)
+    return confusion_matrix(truth, result.labels, request.n_classes, dataset.ignore_index)
+
+
+@dataclass
+class Evaluation:
+    """The summed confusion matrix of the images evaluated, and the ones that failed."""
+
+    matrix: np.ndarray
+    evaluated: int = 0
+    failed: list[dict] = field(default_factory=list)  # {"id": ..., "error": ...}
+
+
+def evaluate_dataset(pairs, request, *, segmenter, dataset: Dataset, progress=None) -> Evaluation:
+    """Segment and score each (id, image, label) of `match_dataset`; a failing image is
+    recorded and skipped. progress: a `batch.BatchProgress`."""
+    from .batch import BatchProgress, describe_error
+
+    progress = progress or BatchProgress()
+    n_classes = request.n_classes
+    evaluation = Evaluation(np.zeros((n_classes, n_classes), np.int64))
+    for image_id, image_path, label_path in pairs:
+        progress.start(image_id)
+        try:
+            evaluation.matrix += evaluate_image(
+                segmenter, request, image_path, label_path, dataset, progress.engine
+            )
+            evaluation.evaluated += 1
+        except Exception as exc:
+            evaluation.failed.append({"id": image_id, "error": describe_error(exc)})
+            progress.failure(image_path or Path(image_id), exc)
+        finally:
+            progress.image_done()
+    return evaluation
+
+
+# -------------------------------------------------------------------------------- report
+def _finite_or_none(value: float):
+    return None if math.isnan(value) else float(value)
+
+
+def run_parameters(segmenter, request, *, classes, aux_text, overrides: dict) -> dict:
+    """The report's `parameters`: the classes and aux text as given, the preset, the
+    parameters given over it, and the model."""
+    from . import __version__
+
+    return {
+        "classes": classes,
+        "aux_text": None if aux_text is None else str(aux_text),
+        "preset": request.preset,
+        "overrides": overrides,
+        "model": segmenter.model_identity,
+        "device": str(segmenter.device),
+        "precision": segmenter.precision,
+        "napari_itaclip_version": __version__,
+    }
+
+
+def evaluation_report(
+    evaluation: Evaluation, class_names: list[str], *, dataset: Dataset, parameters: dict
+) -> dict:
+    """Everything `napari-itaclip evaluate` writes to JSON (fractions in [0, 1]; null for no
+    IoU)."""
+    matrix = evaluation.matrix
+    iou = iou_per_class(matrix)
+    return {
+        "miou": _finite_or_none(mean_iou(matrix)),
+        "pixel_accuracy": _finite_or_none(pixel_accuracy(matrix)),
+        "classes": [
+            {
+                "id": class_id,
+                "name": name,
+                "iou": _finite_or_none(iou[class_id]),
+                "ground_truth_pixels": int(matrix[class_id].sum()),
+                "predicted_pixels": int(matrix[:, class_id].sum()),
+            }
+            for class_id, name in enumerate(class_names)
+        ],
+        "images_evaluated": evaluation.evaluated,
+        "failed": evaluation.failed,
+        "dataset": dataset.record(),
+        "parameters": parameters,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def format_table(report: dict) -> str:
+    """The per-class table and the summary line, IoU in percent as papers print it."""
+    width = max(len("class"), *(len(row["name"]) for row in report["classes"]))
+    lines = [f"{'id':>5}  {'class':<{width}}  {'IoU %':>7}  {'GT pixels':>12}"]
+    for row in report["classes"]:
+        iou = "-" if row["iou"] is None else f"{100 * row['iou']:.2f}"
+        lines.append(
+            f"{row['id']:>5}  {row['name']:<{width}}  {iou:>7}  {row['ground_truth_pixels']:>12}"
+        )
+    miou, accuracy = report["miou"], report["pixel_accuracy"]
+    counted = sum(row["iou"] is not None for row in report["classes"])
+    lines.append(
+        f"mIoU {'-' if miou is None else f'{100 * miou:.2f}'} over {counted} classes, "
+        f"pixel accuracy {'-' if accuracy is None else f'{100 * accuracy:.2f}'}, "
+        f"{report['images_evaluated']} images, {len(report['failed'])} failed"
+    )
+    return "\n".join(lines)
