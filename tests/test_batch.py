@@ -71,7 +71,7 @@ def test_a_tiff_stack_gives_one_stacked_result_equal_to_its_planes_alone(
     out = tmp_path / "out"
     # png was asked for, but a PNG holds one plane: the label image is a TIFF, said once.
     assert sorted(p.name for p in out.iterdir()) == [
-        "stack.itaclip.npz",
+        "stack.itaclip",
         "stack_labels.tif",
         "stack_overlay.png",
     ]
@@ -92,7 +92,7 @@ def test_a_tiff_stack_gives_one_stacked_result_equal_to_its_planes_alone(
     for z in range(3):
         alone = segmenter.segment(stack[z], request_)
         np.testing.assert_array_equal(labels[z], alone.labels)
-    bundle = load_bundle(out / "stack.itaclip.npz")
+    bundle = load_bundle(out / "stack.itaclip")
     np.testing.assert_array_equal(bundle.label_image, labels)  # background: label id = class id
     assert bundle.parameters["n_planes"] == 3 and bundle.name == "stack.tif"
     assert np.asarray(Image.open(out / "stack_overlay.png")).shape == (H, W, 3)

@@ -1,4 +1,4 @@
-"""Result bundles (`*.itaclip.npz`): save/load, the napari reader and writer, round trips."""
+"""Result bundles (`*.itaclip`, formerly `*.itaclip.npz`): save/load, the napari reader and writer, round trips."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from test_layers import make_result
 def test_save_load_round_trip(tmp_path):
     result = make_result(["road", "car", "tree"], background=False, shape=(2, 9, 7), factor=2)
     path = save_bundle(tmp_path / "scene", result, geometry={"scale": [1, 2, 3]}, name="scene")
-    assert path.name == "scene.itaclip.npz"
+    assert path.name == "scene.itaclip"
     bundle = load_bundle(path)
     # stored labels are label ids: class id + 1 without background
     np.testing.assert_array_equal(bundle.label_image, result.labels + 1)
@@ -35,6 +35,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_the_file_is_plain_npz_with_json_entries(tmp_path):
     path = save_bundle(tmp_path / "a.itaclip.npz", make_result(["bg", "a"], True))
+    assert path.name == "a.itaclip"  # the legacy name asked for: the new suffix is written
     with np.load(path, allow_pickle=False) as npz:
         assert set(npz.files) == {
             "labels",
@@ -62,13 +63,15 @@ def test_reader_returns_none_for_files_it_does_not_own(tmp_path):
     other = tmp_path / "other.npz"
     np.savez(other, labels=np.zeros((3, 3)))
     assert get_reader(str(other)) is None
-    impostor = tmp_path / "impostor.itaclip.npz"
-    np.savez(impostor, labels=np.zeros((3, 3)))
-    assert get_reader(str(impostor)) is None
-    garbage = tmp_path / "garbage.itaclip.npz"
-    garbage.write_bytes(b"not a zip file")
-    assert get_reader(str(garbage)) is None
-    assert get_reader(str(tmp_path / "missing.itaclip.npz")) is None
+    for suffix in (".itaclip", ".itaclip.npz"):
+        impostor = tmp_path / f"impostor{suffix}"
+        with impostor.open("wb") as file:
+            np.savez(file, labels=np.zeros((3, 3)))
+        assert get_reader(str(impostor)) is None
+        garbage = tmp_path / f"garbage{suffix}"
+        garbage.write_bytes(b"not a zip file")
+        assert get_reader(str(garbage)) is None
+    assert get_reader(str(tmp_path / "missing.itaclip")) is None
     assert get_reader([str(other), str(impostor)]) is None
 
 
@@ -105,7 +108,7 @@ def test_writer_saves_corrections_and_reader_restores_layers(tmp_path):
     data, meta, kind = labels.as_layer_data_tuple()
     assert kind == "labels"
     [written] = write_labels(str(tmp_path / "photo"), data, meta)
-    assert written.endswith("photo.itaclip.npz")
+    assert written.endswith("photo.itaclip")
 
     reader = get_reader(written)
     assert reader is not None
@@ -131,21 +134,55 @@ def test_writer_refuses_labels_not_made_here(tmp_path):
 
     data, meta, _ = Labels(np.zeros((4, 4), np.uint8), name="manual").as_layer_data_tuple()
     with pytest.raises(ValueError, match="not made by napari-itaclip"):
-        write_labels(str(tmp_path / "manual.itaclip.npz"), data, meta)
+        write_labels(str(tmp_path / "manual.itaclip"), data, meta)
+
+
+def viewer_with_a_result(make_napari_viewer):
+    from napari.layers import Layer
+
+    viewer = make_napari_viewer()
+    source = viewer.add_image(np.zeros((6, 8), np.uint8), name="cells", scale=(0.5, 0.5))
+    result = make_result(["background", "nucleus"], True)
+    for item in result_to_layer_data(result, source):
+        viewer.add_layer(Layer.create(*item))
+    viewer.layers["cells labels"].data[2, 2] = 0
+    viewer.layers.selection = {viewer.layers["cells labels"]}
+    return viewer
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("how", ["drag and drop", "viewer.open(plugin=None)"])
+def test_viewer_saves_and_opens_a_bundle_without_naming_the_plugin(
+    make_napari_viewer, tmp_path, monkeypatch, how
+):
+    """Drag and drop (and File > Open) read with no plugin named: only this plugin may claim
+    the file, else napari asks which reader (and napari's .npz reader fails on a bundle)."""
+    import napari._qt.qt_viewer
+
+    def reader_dialog(*args, **kwargs):
+        raise AssertionError("napari asked which reader to use")
+
+    monkeypatch.setattr(napari._qt.qt_viewer, "handle_gui_reading", reader_dialog)
+    viewer = viewer_with_a_result(make_napari_viewer)
+    path = str(tmp_path / "cells.itaclip")
+    assert viewer.layers.save(path, selected=True) == [path]  # the only writer of .itaclip
+    viewer.layers.clear()
+    if how == "drag and drop":
+        viewer.window._qt_viewer._qt_open([path], stack=False)  # what dropEvent calls
+    else:
+        viewer.open(path, plugin=None)
+    assert [layer.name for layer in viewer.layers] == [
+        "cells p(background)",
+        "cells p(nucleus)",
+        "cells labels",
+    ]
+    assert viewer.layers["cells labels"].data[2, 2] == 0
 
 
 @pytest.mark.gui
 def test_viewer_save_and_open_through_the_plugin(make_napari_viewer, tmp_path):
-    viewer = make_napari_viewer()
-    source = viewer.add_image(np.zeros((6, 8), np.uint8), name="cells", scale=(0.5, 0.5))
-    result = make_result(["background", "nucleus"], True)
-    from napari.layers import Layer
-
-    for item in result_to_layer_data(result, source):
-        viewer.add_layer(Layer.create(*item))
-    viewer.layers["cells labels"].data[2, 2] = 0
-    path = str(tmp_path / "cells.itaclip.npz")
-    viewer.layers.selection = {viewer.layers["cells labels"]}
+    viewer = viewer_with_a_result(make_napari_viewer)
+    path = str(tmp_path / "cells.itaclip")
     saved = viewer.layers.save(path, selected=True, plugin="napari-itaclip")
     assert saved == [path]
     viewer.layers.clear()
@@ -191,3 +228,4 @@ def test_a_version_1_file_written_before_the_record_still_reads(tmp_path):
     assert [kw["name"] for _, kw, _ in probability_layers] == [
         "street p(road)", "street p(car)", "street p(tree)",
     ]  # fmt: skip
+    assert save_bundle(tmp_path / "street.itaclip.npz", record).name == "street.itaclip"

@@ -62,7 +62,7 @@ def image_folder(tmp_path):
 def outputs_of(out: Path, stem: str) -> list[Path]:
     return [
         out / f"{stem}_labels.png",
-        out / f"{stem}.itaclip.npz",
+        out / f"{stem}.itaclip",
         out / f"{stem}_overlay.png",
     ]
 
@@ -104,7 +104,7 @@ def test_segment_folder_writes_outputs_and_reports_broken_images(
     stored = json.loads(labels_png.text[LABEL_METADATA_KEY])
     assert stored == {"class_names": ["sky", "cat", "dog"], "background": False}
 
-    bundle = load_bundle(out / "photo.itaclip.npz")
+    bundle = load_bundle(out / "photo.itaclip")
     assert bundle.class_names == ["sky", "cat", "dog"]
     assert bundle.name == "photo.png"
     np.testing.assert_array_equal(bundle.label_image, class_ids + label_offset(False))
@@ -165,7 +165,7 @@ def test_paper_preset_with_background_and_aux_text(tmp_path, tiny_weights):
         stored = tif.shaped_metadata[0][LABEL_METADATA_KEY]
     assert class_ids.shape == (24, 30) and class_ids.max() < 3
     assert stored == {"class_names": ["background", "cat", "dog"], "background": True}
-    parameters = load_bundle(out / "photo.itaclip.npz").parameters
+    parameters = load_bundle(out / "photo.itaclip").parameters
     assert parameters["short_side"] == 224
     assert (parameters["stride"], parameters["image_engineering"]) == (28, True)
     assert (parameters["c_def"], parameters["area_thd"], parameters["logit_scale"]) == (
@@ -261,7 +261,7 @@ def test_segment_a_tiff_stack_writes_one_stacked_result(tmp_path, model_args, ca
     assert captured.err.count("label images of stacks are TIFFs") == 1
     labels = tifffile.imread(out / "stack_labels.tif")
     assert labels.shape == (3, 40, 50) and labels.max() < N_CLASSES
-    assert load_bundle(out / "stack.itaclip.npz").label_image.shape == (3, 40, 50)
+    assert load_bundle(out / "stack.itaclip").label_image.shape == (3, 40, 50)
     assert not (out / "stack_labels.png").exists()
 
 

@@ -35,9 +35,9 @@ def test_contributions():
     contributions = manifest().contributions
     assert [w.display_name for w in contributions.widgets] == ["ITACLIP segmentation"]
     [reader] = contributions.readers
-    assert reader.filename_patterns == ["*.itaclip.npz"]
+    assert reader.filename_patterns == ["*.itaclip", "*.itaclip.npz"]
     assert not reader.accepts_directories
     [writer] = contributions.writers
-    assert writer.filename_extensions == [".itaclip.npz"]
+    assert writer.filename_extensions == [".itaclip"]
     assert [str(t) for t in writer.layer_types] == ["labels"]
     assert len(contributions.sample_data) >= 2

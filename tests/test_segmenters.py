@@ -107,7 +107,7 @@ def test_widget_and_segment_layer_share_one_model(
 
     loads = []
 
-    def load(*key):
+    def load(*key, progress=None):  # the widget passes its download progress
         loads.append(key)
         return segmenter
 

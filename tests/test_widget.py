@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 
+import napari_itaclip._class_panel as class_panel_module
+import napari_itaclip._run_panel as run_panel_module
 import napari_itaclip._widget as widget_module
 from napari_itaclip._widget import CUSTOM, SegmentationWidget
 from napari_itaclip.engine.models import available_devices
@@ -31,10 +33,14 @@ def settings_file(tmp_path, monkeypatch):
 def notifications(monkeypatch):
     """(kind, message) of every notification the widget shows."""
     shown = []
-    for kind in ("error", "info", "warning"):
-        monkeypatch.setattr(
-            widget_module, f"show_{kind}", lambda message, kind=kind: shown.append((kind, message))
-        )
+    import napari.utils.notifications as napari_notifications  # viewer.py imports from here
+
+    for module in (widget_module, run_panel_module, class_panel_module, napari_notifications):
+        for kind in ("error", "info", "warning"):
+            if hasattr(module, f"show_{kind}"):
+                monkeypatch.setattr(
+                    module, f"show_{kind}", lambda message, kind=kind: shown.append((kind, message))
+                )
     return shown
 
 
@@ -63,14 +69,14 @@ def dock_widget(viewer, segmenter, rgb_image):
     widget.loads = []
     widget.recorder = ProgressRecorder(segmenter, widget)
 
-    def factory(*key):
+    def factory(*key, progress=None):
         widget.loads.append(key)
         return widget.recorder
 
     widget.segmenter_factory = factory
     widget.classes.value = CLASSES
-    widget.background.value = True
     widget.preset.value = "fast"
+    widget.background.value = True  # CLASSES starts with background words (fast has none)
     widget.short_side.value = 64
     return widget
 
@@ -148,11 +154,11 @@ def test_builtin_class_sets_and_class_files(viewer_widget, tmp_path, monkeypatch
     assert widget.background.value is False  # coco_stuff has no background line
     widget.classes.value = "background\nnucleus, cell nucleus\nmembrane"
     path = tmp_path / "classes.txt"
-    widget.save_class_file(path)
+    widget.class_panel.save_class_file(path)
     assert path.read_text() == "background\nnucleus, cell nucleus\nmembrane\n"
     widget.classes.value = ""
     monkeypatch.setattr(
-        widget_module.QFileDialog, "getOpenFileName", staticmethod(lambda *a: (str(path), ""))
+        class_panel_module.QFileDialog, "getOpenFileName", staticmethod(lambda *a: (str(path), ""))
     )
     widget.load_classes.changed.emit(True)  # the "Load list..." button
     assert widget.classes.value == "background\nnucleus, cell nucleus\nmembrane"
@@ -207,8 +213,11 @@ def test_run_to_completion(viewer_widget, qtbot):
 def test_progress_bar_shows_stage(viewer_widget):
     _, widget = viewer_widget
     widget._show_progress(3, 10, "encoder")
-    assert (widget.progress.value, widget.progress.max) == (3, 10)
+    # encoder is 0.05-0.85 of the bar: 0.05 + 0.8 * 3/10 = 0.29
+    assert (widget.progress.value, widget.progress.max) == (290, 1000)
     assert widget.stage.value == "encoder 3/10"
+    widget.run_panel.show_loading("ViT-B-16", "/tmp/some/long/folder/oracle_tiny_clip.pt")
+    assert widget.stage.value == "loading model ViT-B-16 (oracle_tiny_clip.pt)"
 
 
 def test_custom_parameters_reach_the_engine(viewer_widget, qtbot):
@@ -313,7 +322,7 @@ def test_bad_aux_text_is_refused_before_the_model_loads(
 def test_model_load_failure_becomes_a_notification(viewer_widget, qtbot, notifications):
     viewer, widget = viewer_widget
 
-    def failing_factory(*key):
+    def failing_factory(*key, progress=None):
         raise RuntimeError("could not load the pretrained weights (offline)")
 
     widget.segmenter_factory = failing_factory
@@ -412,16 +421,60 @@ def test_multichannel_channels_to_rgb(viewer_widget, qtbot):
     assert labels.metadata["itaclip"]["parameters"]["channels"] == [2, 1, 3]
 
 
-def test_sample_image_suggests_its_classes(viewer_widget):
+COFFEE = "background, table\ncoffee cup, cup\nsaucer\nspoon"
+ASTRONAUT = "background\nastronaut, person\nflag"
+
+
+def class_source(widget):
+    return widget.class_panel.source.value.removeprefix("classes: ").split(";")[0]
+
+
+def test_class_box_follows_the_selected_image(viewer_widget, qtbot):
+    """Last run's classes, else the image's suggestion, else the list typed last; the line
+    under the box says which."""
     viewer, widget = viewer_widget
-    widget.classes.value = ""
-    [layer] = viewer.open_sample("napari-itaclip", "chelsea")
-    widget.image.value = layer
+    assert (widget.classes.value, class_source(widget)) == (CLASSES, "typed")
+    [chelsea] = viewer.open_sample("napari-itaclip", "chelsea")
+    widget.image.value = chelsea
+    assert (widget.classes.value, class_source(widget)) == (
+        "background\ncat",
+        "suggested for this image",
+    )
+    widget.classes.value = "background\nmy own class"  # typed over the suggestion
+    assert class_source(widget) == "typed"
+    [coffee] = viewer.open_sample("napari-itaclip", "coffee")
+    widget.image.value = coffee
+    assert (widget.classes.value, class_source(widget)) == (COFFEE, "suggested for this image")
+    widget.image.value = viewer.layers["photo"]  # no suggestion: the list typed last
+    assert (widget.classes.value, class_source(widget)) == ("background\nmy own class", "typed")
+    widget.classes.value = "background\ncat\nsofa"
+    run_and_wait(qtbot, widget)
+    widget.image.value = coffee
+    assert widget.classes.value == COFFEE
+    widget.image.value = viewer.layers["photo"]
+    assert widget.classes.value == "background\ncat\nsofa"
+    assert class_source(widget) == "from this image's last run"
+    widget.image.value = chelsea  # never run: its suggestion, not the edit made over it
     assert widget.classes.value == "background\ncat"
-    widget.classes.value = "background\nmy own class"
+
+
+def test_saved_classes_do_not_beat_the_image_suggestion(make_napari_viewer, settings_file):
+    """The next napari session: the coffee sample gets its own classes, not the astronaut's
+    from the last session's saved settings."""
+    viewer = make_napari_viewer()
+    [astronaut] = viewer.open_sample("napari-itaclip", "astronaut")
+    first = SegmentationWidget(viewer)
+    assert first.classes.value == ASTRONAUT
+    first.classes.value = ASTRONAUT + "\nhelmet"  # typed: saved
+    viewer.layers.clear()
     viewer.open_sample("napari-itaclip", "coffee")
-    widget.image.value = viewer.layers["coffee"]
-    assert widget.classes.value == "background\nmy own class"  # the user's list is kept
+    again = SegmentationWidget(viewer)
+    viewer.window.add_dock_widget(again)  # docked, it follows the layer list
+    assert again.classes.value == COFFEE
+    assert class_source(again) == "suggested for this image"
+    viewer.add_image(np.zeros((8, 8)), name="plain")
+    again.image.value = viewer.layers["plain"]
+    assert again.classes.value == ASTRONAUT + "\nhelmet"
 
 
 def test_widget_opened_on_a_sample_takes_its_classes(make_napari_viewer):

@@ -1,14 +1,22 @@
 """magicgui controls made from the parameter table (`engine.PARAMETERS`), and their values.
 
 The dock widget builds its parameter controls here, so that a parameter added to the table
-appears in the widget with its label, range, step and help text.
+appears in the widget with its label, range, step and help text. `ParameterPanel` is the
+preset combo over them: picking a preset fills every parameter (`background` included: the
+class list is numbered as the preset says, as in every face), and editing one makes the
+preset "custom".
 """
 
 from __future__ import annotations
 
-from magicgui.widgets import CheckBox, FloatSpinBox, LineEdit, SpinBox, TextEdit
+from contextlib import contextmanager
 
-from .engine import Parameter
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, SpinBox, TextEdit
+
+from .engine import PARAMETERS, PRESETS, Parameter
+
+CUSTOM = "custom"
+DEFAULT_PRESET = "fast"  # one view and a coarse grid: usable on a CPU
 
 
 def parameter_control(parameter: Parameter):
@@ -54,3 +62,63 @@ def edits(control):
     """The signal of a control's edits: magicgui's TextEdit never emits `changed` (Qt's
     textChanged carries no value, which magicgui takes for "no value"), so Qt's own."""
     return control.native.textChanged if isinstance(control, TextEdit) else control.changed
+
+
+class ParameterPanel:
+    """The preset combo and one control per parameter (`controls`, by parameter name)."""
+
+    def __init__(self, preset: str = DEFAULT_PRESET):
+        self.controls = {name: parameter_control(p) for name, p in PARAMETERS.items()}
+        self.preset = ComboBox(label="preset", choices=[*PRESETS, CUSTOM], value=preset)
+        self.base_preset = preset  # what "custom" is on top of
+        self.filling = False  # True while values are set here, not edited by the user
+        self.fill(preset)
+        self.preset.changed.connect(self._on_preset)
+        for control in self.controls.values():
+            control.changed.connect(self._on_edited)
+
+    @contextmanager
+    def quiet(self):
+        """Set values without "custom" (restoring saved settings)."""
+        self.filling = True
+        try:
+            yield
+        finally:
+            self.filling = False
+
+    def fill(self, name: str) -> None:
+        """Show the preset `name`'s values and make it the base of later edits."""
+        self.base_preset = name
+        with self.quiet():
+            for field, value in preset_values(name).items():
+                self.controls[field].value = shown_value(PARAMETERS[field], value)
+
+    def _on_preset(self, name):
+        if not self.filling and name != CUSTOM:
+            self.fill(name)
+
+    def _on_edited(self, *_):
+        if self.filling or self.preset.value == CUSTOM:
+            return
+        try:
+            shown = self.values()
+        except ValueError:  # a half-typed list of integers is no preset's
+            shown = {}
+        if shown != preset_values(self.preset.value):
+            with self.quiet():
+                self.preset.value = CUSTOM
+
+    def values(self) -> dict:
+        """Every parameter's value as shown, as `prepare` overrides (an optional 0 = None)."""
+        return {
+            name: parameter_value(p, self.controls[name].value) for name, p in PARAMETERS.items()
+        }
+
+    @property
+    def preset_name(self) -> str:
+        """The preset the run starts from (the base of "custom")."""
+        return self.base_preset if self.preset.value == CUSTOM else self.preset.value
+
+
+def preset_values(name: str) -> dict:
+    return {field: getattr(PRESETS[name], field) for field in PARAMETERS}

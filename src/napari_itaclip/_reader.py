@@ -1,4 +1,4 @@
-"""napari reader for result bundles (`*.itaclip.npz`, see `bundle.py`)."""
+"""napari reader for result bundles (`*.itaclip`, and the older `*.itaclip.npz`; bundle.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from .layers import result_to_layer_data
 
 
 def get_reader(path):
-    """The bundle reader for one valid `*.itaclip.npz` path, else None (never raises)."""
+    """The bundle reader for one valid bundle (`*.itaclip`, `*.itaclip.npz`), else None
+    (never raises)."""
     if isinstance(path, list):
         if len(path) != 1:
             return None

@@ -9,7 +9,7 @@ from .labels import ResultRecord
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
-    """Save the Labels layer `data` and its run's probabilities to `path` (`*.itaclip.npz`).
+    """Save the Labels layer `data` and its run's probabilities to `path` (`*.itaclip`).
 
     The probabilities, class names and parameters come from the layer's metadata, which
     `layers.result_to_layer_data` filled; the colours are the layer's current ones.

@@ -1,4 +1,8 @@
-"""The result bundle: one segmentation (possibly corrected by hand) in one `*.itaclip.npz` file.
+"""The result bundle: one segmentation (possibly corrected by hand) in one `*.itaclip` file.
+
+The file is an .npz (a zip of .npy arrays) named `*.itaclip`: an extension only this plugin
+claims, so napari opens it by drag and drop or `viewer.open(path)` without asking which reader
+(napari's own reader claims `*.npz`). Bundles of earlier versions, `*.itaclip.npz`, are read.
 
 Format (numpy `savez_compressed`, read back with `allow_pickle=False`):
 
@@ -32,7 +36,8 @@ import numpy as np
 from .labels import ResultRecord, label_id_dtype, to_record
 from .labels import label_offset as _label_offset
 
-SUFFIX = ".itaclip.npz"
+SUFFIX = ".itaclip"
+LEGACY_SUFFIX = ".itaclip.npz"  # what 0.1 wrote; still read
 FORMAT = "napari-itaclip result bundle"
 VERSION = 1
 _ARRAYS = ("labels", "probabilities")
@@ -95,11 +100,13 @@ def save_bundle(
     geometry: dict with any of scale, translate, rotate, shear, affine of the labels layer
         (default: the record's).
     name: the source image's name (default: the record's).
-    `path` gets the `.itaclip.npz` suffix if it lacks it.
+    `path` gets the `.itaclip` suffix if it lacks it (a legacy `.itaclip.npz` becomes
+    `.itaclip`).
     """
     path = Path(path)
     if not path.name.endswith(SUFFIX):
-        path = path.with_name(path.name.removesuffix(".npz") + SUFFIX)
+        stem = path.name.removesuffix(".npz").removesuffix(SUFFIX)
+        path = path.with_name(stem + SUFFIX)
     own = to_record(result)
     given = {"label_image": labels, "colors": colors, "geometry": geometry, "name": name}
     record = replace(own, **{key: value for key, value in given.items() if value is not None})
@@ -163,8 +170,8 @@ def check_bundle(path) -> dict:
     Reads only the array headers and the small JSON entries, so it is cheap on big files.
     """
     path = Path(path)
-    if not path.name.endswith(SUFFIX):
-        raise ValueError(f"{path.name} is not a {SUFFIX} file")
+    if not path.name.endswith((SUFFIX, LEGACY_SUFFIX)):
+        raise ValueError(f"{path.name} is not a {SUFFIX} (or {LEGACY_SUFFIX}) file")
     try:
         headers = _array_headers(path)
     except (OSError, zipfile.BadZipFile, ValueError) as exc:

@@ -131,7 +131,7 @@ class ResultRecord:
 
     @classmethod
     def from_bundle(cls, path) -> ResultRecord:
-        """The record stored in a `*.itaclip.npz` file (ValueError if it is not one)."""
+        """The record stored in a bundle file (`*.itaclip`, or a legacy `*.itaclip.npz`) (ValueError if it is not one)."""
         from .bundle import load_bundle
 
         return load_bundle(path)

@@ -19,14 +19,17 @@ from typing import Any
 from .engine import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 
-def load_segmenter(model: str, pretrained, device: str = "auto", precision: str = "auto"):
-    """A new `ITACLIP` (what `get_segmenter` calls on a miss)."""
+def load_segmenter(
+    model: str, pretrained, device: str = "auto", precision: str = "auto", *, progress=None
+):
+    """A new `ITACLIP` (what `get_segmenter` calls on a miss); progress(done_bytes,
+    total_bytes, "download") while its weights download."""
     from .engine import preload_torch_libraries
 
     preload_torch_libraries()  # so a GUI keeps drawing while torch's libraries load
     from .engine import ITACLIP
 
-    return ITACLIP.from_pretrained(model, pretrained, device, precision)
+    return ITACLIP.from_pretrained(model, pretrained, device, precision, progress=progress)
 
 
 class SegmenterCache:
@@ -38,12 +41,18 @@ class SegmenterCache:
         self._segmenter = None
 
     def get(
-        self, key: tuple, load: Callable[..., Any], *, loading: Callable[[], None] | None = None
+        self,
+        key: tuple,
+        load: Callable[..., Any],
+        *,
+        loading: Callable[[], None] | None = None,
+        progress: Callable[[int, int, str], None] | None = None,
     ):
         """The segmenter `load(*key)` made, loading it only when the loader or key changed.
 
-        loading: called just before a load (e.g. to say so in a progress bar). A loader that
-        raises leaves the cache empty; the next call tries again.
+        loading: called just before a load (e.g. to say so in a progress bar). progress: given
+        to `load` as `progress=` (the weights' download progress). A loader that raises leaves
+        the cache empty; the next call tries again.
         """
         made_by = (load, tuple(key))
         with self._lock:
@@ -51,7 +60,8 @@ class SegmenterCache:
                 self._drop()
                 if loading is not None:
                     loading()
-                self._segmenter = load(*key)
+                extra = {} if progress is None else {"progress": progress}
+                self._segmenter = load(*key, **extra)
                 self._made_by = made_by
             return self._segmenter
 

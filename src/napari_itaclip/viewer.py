@@ -4,6 +4,11 @@
 the previous result of the same image only when it was made in this session and not edited;
 `add_result_layers_in_steps` does the same one layer per step, so a GUI can let its event loop
 run in between. napari is imported inside functions only.
+
+What a run shows: its labels layer over the image, and of its probability layers only the
+one asked for (`show_probability`, a class name; by default none, so the image stays in
+view). A new result set hides the older ones of the same image (they stay in the layer list);
+a result updated in place keeps the display settings the user gave it.
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ import numpy as np
 from .layers import checksum, labels_name, result_to_layer_data
 
 
+def _info(layer) -> dict:
+    return layer.metadata.get("itaclip", {})
+
+
 def _replaceable(viewer, source_name: str):
     """The previous result of `source_name` that re-running may replace, or None: a labels
     layer made by this plugin in this session, still named `<image> labels` or
     `<image> labels [n]`, and not edited since (its data still matches its checksum)."""
     pattern = re.compile(re.escape(labels_name(source_name)) + r"( \[\d+\])?")
     for layer in viewer.layers:
-        info = layer.metadata.get("itaclip", {})
+        info = _info(layer)
         if (
             info.get("role") == "labels"
             and pattern.fullmatch(layer.name)
@@ -65,6 +74,45 @@ def _update_in_place(old_layers: list, layer_data: list):
     return updated
 
 
+def _class_name(info: dict) -> str:
+    return info["class_names"][info["class_id"]]
+
+
+def _shown_as_asked(layer_data: list, show_probability: str | None) -> list:
+    """The layer data with only the probability layer of `show_probability` visible."""
+    shown = []
+    for data, kwargs, kind in layer_data:
+        info = kwargs["metadata"]["itaclip"]
+        if info["role"] == "probability":
+            kwargs = {**kwargs, "visible": _class_name(info) == show_probability}
+        shown.append((data, kwargs, kind))
+    return shown
+
+
+def _hide_results_of(viewer, source_name: str) -> None:
+    for layer in viewer.layers:
+        info = _info(layer)
+        if info.get("source") == source_name and info.get("role") in ("labels", "probability"):
+            layer.visible = False
+
+
+def show_probability(viewer, source_name: str, class_name: str | None) -> None:
+    """Show the probability layer of `class_name` (None: none) of the newest result of
+    `source_name` (its topmost labels layer), hiding that result's other probability layers."""
+    labels = [
+        layer
+        for layer in viewer.layers
+        if _info(layer).get("source") == source_name and _info(layer).get("role") == "labels"
+    ]
+    if not labels:
+        return
+    result_id = _info(labels[-1])["result_id"]
+    for layer in viewer.layers:
+        info = _info(layer)
+        if info.get("result_id") == result_id and info.get("role") == "probability":
+            layer.visible = _class_name(info) == class_name
+
+
 def _renamed(layer_data: list, suffix: str) -> list:
     return [
         (data, {**kwargs, "name": kwargs["name"] + suffix}, kind)
@@ -90,11 +138,7 @@ def _replace(viewer, previous, layer_data: list):
     """Replace the layers of the result `previous` belongs to, keeping its name suffix."""
     layer_data = _renamed(layer_data, previous.name.removeprefix(layer_data[-1][1]["name"]))
     result_id = previous.metadata["itaclip"]["result_id"]
-    old = [
-        layer
-        for layer in viewer.layers
-        if layer.metadata.get("itaclip", {}).get("result_id") == result_id
-    ]
+    old = [layer for layer in viewer.layers if _info(layer).get("result_id") == result_id]
     if _matches_in_place(old, layer_data):
         return (yield from _update_in_place(old, layer_data))
     position = min(viewer.layers.index(layer) for layer in old)
@@ -106,36 +150,37 @@ def _replace(viewer, previous, layer_data: list):
     return added
 
 
-def add_result_layers_in_steps(viewer, result, source_layer):
+def add_result_layers_in_steps(viewer, result, source_layer, *, show_probability=None):
     """`add_result_layers` as a generator that yields between layers and returns the layers
     (StopIteration.value), so a GUI can let its event loop run between the steps."""
     from napari.utils.notifications import show_info
 
-    layer_data = result_to_layer_data(result, source_layer)
+    layer_data = _shown_as_asked(result_to_layer_data(result, source_layer), show_probability)
     previous = _replaceable(viewer, source_layer.name)
     if previous is not None:
         return (yield from _replace(viewer, previous, layer_data))
     name = layer_data[-1][1]["name"]
     suffix = _free_suffix(viewer, [kwargs["name"] for _, kwargs, _ in layer_data])
     if suffix:
-        show_info(
-            f"Kept the existing {name!r} (edited, loaded or not made by ITACLIP); the new "
-            f"result is named {name + suffix!r}."
-        )
+        show_info(f"ITACLIP: kept the edited {name!r}; new result {name + suffix!r}")
+    _hide_results_of(viewer, source_layer.name)
     return (yield from _add(viewer, _renamed(layer_data, suffix)))
 
 
-def add_result_layers(viewer, result, source_layer) -> list:
+def add_result_layers(viewer, result, source_layer, *, show_probability=None) -> list:
     """Add a result's layers above the image (or update the previous ones), and return them.
 
     Re-running on the same image: if `<image> labels` (or `<image> labels [n]`) is an unedited
     result of this session, it and its probability layers are replaced: updated in place
     (display settings kept) when the new result has the same layers, else removed and the new
     layers put where they were. If it was edited (or loaded from a file, or is not ours), it is
-    kept untouched and the new layers get a numbered name, `<image> labels [1]`,
-    `<image> p(cat) [1]`, ...
+    kept untouched (and hidden, as every older result of the image) and the new layers get a
+    numbered name, `<image> labels [1]`, `<image> p(cat) [1]`, ...
+    show_probability: the class whose probability layer is shown (default: none).
     """
-    steps = add_result_layers_in_steps(viewer, result, source_layer)
+    steps = add_result_layers_in_steps(
+        viewer, result, source_layer, show_probability=show_probability
+    )
     while True:
         try:
             next(steps)

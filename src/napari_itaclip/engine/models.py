@@ -5,15 +5,23 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import threading
 import warnings
 import zipfile
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 WEIGHTS_ENV = "NAPARI_ITACLIP_WEIGHTS"
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+# progress(done_bytes, total_bytes, "download") while pretrained weights download.
+DownloadProgress = Callable[[int, int, str], None]
+# open_clip's download functions are module attributes: one load at a time may wrap them.
+_DOWNLOAD_HOOK_LOCK = threading.Lock()
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -157,7 +165,49 @@ def weights_cached(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAI
     return cached_weights_path(model, pretrained) is not None
 
 
-def load_clip(model: str = DEFAULT_MODEL, pretrained=DEFAULT_PRETRAINED, quick_gelu=None):
+@contextmanager
+def _reporting_downloads(progress: DownloadProgress | None):
+    """Within the block, open_clip's downloads (Hugging Face hub or URL, both drawn with tqdm)
+    call progress(done_bytes, total_bytes, "download") as bytes arrive."""
+    if progress is None:
+        yield
+        return
+    from functools import partial
+
+    from huggingface_hub.utils import tqdm as hub_tqdm
+    from open_clip import pretrained as open_clip_pretrained
+
+    class ReportingTqdm(hub_tqdm):
+        """A silent bar (hub_tqdm takes the hub's extra `name` argument) that reports bytes."""
+
+        def __init__(self, *args, total=None, initial=0, **kwargs):
+            super().__init__(*args, total=total, initial=initial, **{**kwargs, "disable": True})
+            self.done_bytes, self.total_bytes = int(initial or 0), int(total or 0)
+            progress(self.done_bytes, self.total_bytes, "download")
+
+        def update(self, n=1):
+            self.done_bytes += int(n or 0)
+            progress(self.done_bytes, self.total_bytes, "download")
+
+    with _DOWNLOAD_HOOK_LOCK:
+        hub_download = open_clip_pretrained.hf_hub_download
+        url_tqdm = open_clip_pretrained.tqdm
+        open_clip_pretrained.hf_hub_download = partial(hub_download, tqdm_class=ReportingTqdm)
+        open_clip_pretrained.tqdm = ReportingTqdm
+        try:
+            yield
+        finally:
+            open_clip_pretrained.hf_hub_download = hub_download
+            open_clip_pretrained.tqdm = url_tqdm
+
+
+def load_clip(
+    model: str = DEFAULT_MODEL,
+    pretrained=DEFAULT_PRETRAINED,
+    quick_gelu=None,
+    *,
+    progress: DownloadProgress | None = None,
+):
     """Build an open_clip CLIP (fp32, CPU, eval mode) and its tokenizer.
 
     `pretrained` is an open_clip tag ("openai", "laion2b_s34b_b88k", ...) or a local file: an
@@ -166,6 +216,8 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained=DEFAULT_PRETRAINED, quick_g
     is read like OpenAI's loader does (architecture inferred from the tensors, QuickGELU);
     if it does not fit that layout it is loaded into `model`'s open_clip architecture.
     `quick_gelu=None` follows the pretrained tag's own record (True for OpenAI weights).
+    progress: called as progress(done_bytes, total_bytes, "download") while weights that are
+    not cached yet download (never for local files or cached weights).
     Returns (model, tokenizer, identity) where identity names the weights for cache keys.
     """
     import open_clip
@@ -192,13 +244,14 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained=DEFAULT_PRETRAINED, quick_g
                 _missing_weights_message(model, pretrained, OSError(f"{host} is not reachable"))
             )
     try:
-        clip = open_clip.create_model(
-            model,
-            pretrained=pretrained,
-            device="cpu",
-            precision="fp32",
-            force_quick_gelu=bool(quick_gelu),
-        )
+        with _reporting_downloads(progress):
+            clip = open_clip.create_model(
+                model,
+                pretrained=pretrained,
+                device="cpu",
+                precision="fp32",
+                force_quick_gelu=bool(quick_gelu),
+            )
     except (OSError, RuntimeError, ValueError) as exc:
         if isinstance(exc, RuntimeError) and "size mismatch" in str(exc):
             raise
@@ -315,3 +368,30 @@ def _load_local_file(model: str, path: Path, quick_gelu):
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
     stat = path.stat()
     return clip.eval(), tokenizer, f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def deprecated_loader_arguments(
+    model=DEFAULT_MODEL,
+    pretrained=DEFAULT_PRETRAINED,
+    device="auto",
+    precision="auto",
+    *,
+    quick_gelu=None,
+) -> tuple:
+    """The loading arguments of 0.1's `ITACLIP(...)`, bound by Python itself."""
+    return model, pretrained, device, precision, quick_gelu
+
+
+def _is_positive(value, kind) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool) and value > 0
+
+
+def run_settings(device, precision, batch_size, band_memory_mb) -> tuple:
+    """(torch.device, precision): resolved, every setting checked (before weights load)."""
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    if batch_size is not None and not _is_positive(batch_size, int):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not _is_positive(band_memory_mb, int | float):
+        raise ValueError(f"band_memory_mb must be a positive number, got {band_memory_mb!r}")
+    return device, precision

@@ -1,0 +1,86 @@
+"""What the dock widget's progress bar and stage line say during a run (no Qt here).
+
+The engine reports progress(done, total, stage) per stage ("download" while weights download,
+then "text", "encoder", "refine"); `planes.segment_planes` prefixes "plane k/n: " on stacks.
+`RunProgress` turns these events into one fraction for the whole run (planes x weighted
+stages, so a 3-plane stack reads 1/3 when its first plane is done) and one short line of
+text. It never goes back within a phase, and after `cancel` it ignores the events still on
+their way from the worker: the line says "cancelling..." until the run stops.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+READY = "ready"
+CANCELLING = "cancelling..."
+# Each stage's share of one plane's bar: the encoder is most of a run's time.
+STAGE_SPANS = {"text": (0.0, 0.05), "encoder": (0.05, 0.85), "refine": (0.85, 1.0)}
+PLANE_STAGE = re.compile(r"plane (\d+)/(\d+): (.*)")
+MB = 1024 * 1024
+
+
+def weights_name(pretrained) -> str:
+    """A pretrained tag as it is, a weights file by its file name (paths are too long to show)."""
+    text = os.fspath(pretrained)
+    return os.path.basename(text) if os.sep in text else text
+
+
+def download_text(done_bytes: int, total_bytes: int) -> str:
+    if total_bytes <= 0:
+        return f"downloading weights: {done_bytes / MB:.0f} MB"
+    percent = 100 * done_bytes / total_bytes
+    return (
+        f"downloading weights: {done_bytes / MB:.0f} / {total_bytes / MB:.0f} MB ({percent:.0f}%)"
+    )
+
+
+class RunProgress:
+    """The bar's fraction (0-1) and the stage line of the run in progress."""
+
+    def __init__(self):
+        self.fraction = 0.0
+        self.text = READY
+        self.cancelling = False
+        self._phase = None  # "download" or "run": the bar restarts from 0 between them
+
+    def start(self) -> None:
+        self.fraction, self.text, self.cancelling, self._phase = 0.0, "starting", False, None
+
+    def loading(self, model: str, pretrained) -> None:
+        if not self.cancelling:
+            self.text = f"loading model {model} ({weights_name(pretrained)})"
+
+    def cancel(self) -> None:
+        self.cancelling = True
+        self.text = CANCELLING
+
+    def finish(self) -> None:
+        self.fraction, self.text, self.cancelling, self._phase = 0.0, READY, False, None
+
+    def update(self, done: int, total: int, stage: str) -> None:
+        """Take one progress event (ignored after `cancel`)."""
+        if self.cancelling:
+            return
+        part = min(done / total, 1.0) if total > 0 else 0.0
+        if stage == "download":
+            self._advance("download", part)
+            self.text = download_text(done, total)
+            return
+        plane, planes, name = 1, 1, stage
+        match = PLANE_STAGE.fullmatch(stage)
+        if match:
+            plane, planes, name = int(match[1]), int(match[2]), match[3]
+        low, high = STAGE_SPANS.get(name, (0.0, 0.0))
+        # An unknown stage keeps the bar where it is (the floor below).
+        within = low + (high - low) * part if name in STAGE_SPANS else 0.0
+        self._advance("run", (plane - 1 + within) / planes)
+        counts = f" {done}/{total}" if total > 1 else ""
+        where = f"plane {plane}/{planes}: " if match else ""
+        self.text = f"{where}{name}{counts}"
+
+    def _advance(self, phase: str, fraction: float) -> None:
+        floor = self.fraction if phase == self._phase else 0.0
+        self._phase = phase
+        self.fraction = max(floor, min(fraction, 1.0))
