@@ -123,3 +123,15 @@ def test_bad_aux_texts_name_the_line(aux, message):
     cl = parse_class_list(CLASSES, background=True)
     with pytest.raises(ValueError, match=message):
         parse_aux_text(aux, cl)
+
+
+@pytest.mark.parametrize("classes", ["cells", ["cells"], "cells\n\n"])
+def test_one_class_without_background_is_refused(classes):
+    # Every pixel would get the one class; "cells" is most often a forgotten file name.
+    with pytest.raises(ValueError, match="only one class, 'cells'") as error:
+        parse_class_list(classes, background=False)
+    assert ("class-list file" in str(error.value)) == isinstance(classes, str)
+
+
+def test_one_class_with_background_line_is_fine():
+    assert len(parse_class_list("background\ncells", background=True)) == 2

@@ -140,6 +140,18 @@ def parse_class_list(classes, background: bool) -> ClassList:
             "with background=True the first line is the background, so at least one more class "
             "is needed"
         )
+    if len(variants) < 2:
+        # One class without a background labels every pixel with it; most often it is a
+        # class-list file name typed without its folder or suffix.
+        hint = (
+            f" (if {variants[0][0]!r} is meant to be a class-list file, give its path)"
+            if isinstance(classes, str)
+            else ""
+        )
+        raise ValueError(
+            f"only one class, {variants[0][0]!r}, and no background: every pixel would get it; "
+            f"give at least two classes, or a background line first with background=True{hint}"
+        )
     return ClassList(tuple(variants), bool(background))
 
 
