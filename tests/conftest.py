@@ -57,8 +57,9 @@ def tiny_weights(tmp_path_factory, tiny_clip):
 def segmenter(tiny_clip, tmp_path_factory):
     from napari_itaclip import ITACLIP
 
+    # No kept image features: tests sharing this segmenter each see their own encoder pass.
     return ITACLIP.from_open_clip(
-        tiny_clip, device="cpu", cache_dir=tmp_path_factory.mktemp("text-cache")
+        tiny_clip, device="cpu", cache_dir=tmp_path_factory.mktemp("text-cache"), image_cache_mb=0
     )
 
 

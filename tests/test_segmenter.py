@@ -334,7 +334,9 @@ def test_out_of_memory_halves_the_chunk_and_goes_on(
 ):
     from napari_itaclip.engine import window_encoding as encoding_module
 
-    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, batch_size=20)
+    seg = ITACLIP.from_open_clip(
+        tiny_clip, device="cpu", cache_dir=False, batch_size=20, image_cache_mb=0
+    )
     windows = {"short_side": 64, "crop": 32, "stride": 16}
     expected = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
     real = encoding_module.encode_dense
@@ -399,7 +401,9 @@ def fail_first_calls(monkeypatch, error: BaseException, failures: int) -> list[i
 def test_library_allocation_failures_count_as_out_of_memory(
     tiny_clip, rgb_image, monkeypatch, one_torch_thread, message
 ):
-    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, batch_size=20)
+    seg = ITACLIP.from_open_clip(
+        tiny_clip, device="cpu", cache_dir=False, batch_size=20, image_cache_mb=0
+    )
     windows = {"short_side": 64, "crop": 32, "stride": 16}
     expected = seg.segment(rgb_image, CLASSES, preset="voc21", **windows)
     sizes = fail_first_calls(monkeypatch, RuntimeError(message), failures=1)
@@ -412,7 +416,9 @@ def test_library_allocation_failures_count_as_out_of_memory(
 def test_other_runtime_errors_are_not_taken_for_out_of_memory(
     tiny_clip, rgb_image, monkeypatch, one_torch_thread
 ):
-    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, batch_size=20)
+    seg = ITACLIP.from_open_clip(
+        tiny_clip, device="cpu", cache_dir=False, batch_size=20, image_cache_mb=0
+    )
     sizes = fail_first_calls(monkeypatch, RuntimeError("CUDA error: illegal memory access"), 1)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         seg.segment(rgb_image, CLASSES, preset="voc21", short_side=64, crop=32, stride=16)
@@ -423,7 +429,9 @@ def test_gpu_cache_is_freed_after_the_failed_chunk_is_released(
     tiny_clip, rgb_image, monkeypatch, one_torch_thread
 ):
     """empty_cache cannot return memory that the exception's traceback still holds."""
-    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, batch_size=20)
+    seg = ITACLIP.from_open_clip(
+        tiny_clip, device="cpu", cache_dir=False, batch_size=20, image_cache_mb=0
+    )
     fail_first_calls(monkeypatch, torch.cuda.OutOfMemoryError("simulated"), failures=2)
     exceptions_seen = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: exceptions_seen.append(sys.exc_info()))
@@ -458,7 +466,7 @@ def test_concurrent_runs_on_one_segmenter_equal_sequential_runs(tiny_clip, rgb_i
     from napari_itaclip.engine import window_encoding as encoding_module
 
     threads = torch.get_num_threads()
-    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False)
+    seg = ITACLIP.from_open_clip(tiny_clip, device="cpu", cache_dir=False, image_cache_mb=0)
     images = [rgb_image, np.ascontiguousarray(rgb_image[::-1, ::-1])]
     expected = [seg.segment(im, CLASSES, preset="voc21", **WINDOWS_5_CHUNKS) for im in images]
 

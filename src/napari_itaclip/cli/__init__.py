@@ -106,6 +106,12 @@ def prepare_segmentation(args) -> Segmentation:
 
     The checks run first so that a typo fails in a second, not after loading the model.
     """
+    request, overrides = prepare_request(args)
+    return Segmentation(load_segmenter(args), request, overrides)
+
+
+def prepare_request(args) -> tuple[Request, dict]:
+    """The checked request of the options, and the parameters given on the command line."""
     from ..engine import prepare
 
     # Each parameter's option stores under its name, and only when given (see
@@ -123,7 +129,7 @@ def prepare_segmentation(args) -> Segmentation:
         )
     except (ValueError, TypeError) as exc:
         raise CommandLineError(str(exc)) from None
-    return Segmentation(load_segmenter(args), request, overrides)
+    return request, overrides
 
 
 def load_segmenter(args):

@@ -8,7 +8,7 @@ OPTION_GROUPS = ("common", "segmentation", "model")
 HELP = "make an examples bank from images and their strokes"
 DESCRIPTION = (
     "Turn strokes painted on a few images into an examples bank (.npz), which `segment "
-    "--examples BANK` applies to other images (docs/method.md §10.2). A strokes image has the "
+    "--examples BANK` applies to other images (docs/method.md §10.3). A strokes image has the "
     "image's size and holds, per pixel, class id + 1 (1 = the first class of --classes) where "
     "the pixel is an example of that class, and 0 elsewhere."
 )

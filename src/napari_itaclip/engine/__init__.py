@@ -17,6 +17,7 @@ _MODULE_EXPORTS = {
     "segmenter": ("ITACLIP",),
     "result": ("SegmentationResult", "Cancelled"),
     "request": ("Request", "prepare"),
+    "examples": ("ExamplesBank",),
     "presets": ("Preset", "PRESETS", "PARAMETERS", "Parameter", "PAPER_SETTINGS"),
     "classes": ("ClassList", "parse_class_list", "builtin_class_set", "BUILTIN_CLASS_SETS"),
     "models": (

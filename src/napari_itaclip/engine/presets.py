@@ -31,6 +31,33 @@ class Parameter:
         """The command-line option: `--short-side`."""
         return "--" + self.name.replace("_", "-")
 
+    def check(self, value) -> None:
+        """Raise ValueError naming this parameter when `value` has the wrong type or range."""
+        if value is None and self.optional:
+            return
+        if self.kind is bool:
+            ok, expected = isinstance(value, bool), "true or false"
+        elif self.kind is int:
+            ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif self.kind is float:
+            ok = (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+            expected = "a number"
+        else:  # a tuple of integers
+            ok = isinstance(value, tuple) and len(value) > 0
+            ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            expected = "a non-empty list of integers"
+        if not ok:
+            raise ValueError(f"{self.name} must be {expected}, got {value!r}")
+        values = value if self.kind is tuple else (value,)
+        low = -math.inf if self.minimum is None else self.minimum
+        high = math.inf if self.maximum is None else self.maximum
+        if self.kind is not bool and not all(low <= v <= high for v in values):
+            raise ValueError(f"{self.name} must be in [{low:g}, {high:g}], got {value!r}")
+
 
 def _declare(label, help, minimum=None, maximum=None, step=None):
     return {"label": label, "help": help, "minimum": minimum, "maximum": maximum, "step": step}
@@ -125,6 +152,32 @@ class Preset:
         default=True,
         metadata=_declare("closing (3x3)", "A 3x3 grey-level closing of the label image."),
     )
+    examples_weight: float = field(
+        default=20.0,
+        metadata=_declare(
+            "examples weight",
+            "Weight a of the examples (painted pixels or a bank) against the text: a / logit "
+            "scale times the examples' similarity is added to each class's logits.",
+            0, 100, 0.5,
+        ),
+    )  # fmt: skip
+    examples_sharpness: float = field(
+        default=5.0,
+        metadata=_declare(
+            "examples sharpness",
+            "Sharpness b of the examples' similarity exp(-b (1 - cosine)); higher favours "
+            "the closest examples.",
+            0, 100, 0.5,
+        ),
+    )  # fmt: skip
+    examples_prototypes: bool = field(
+        default=True,
+        metadata=_declare(
+            "examples as prototypes",
+            "Compare pixels with a few k-means prototypes per class (on) or with every "
+            "example feature (off: the Tip-Adapter cache).",
+        ),
+    )
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -215,33 +268,10 @@ def resolve_preset(preset: str | Preset, overrides: dict) -> Preset:
     return resolved
 
 
-def _check_value(p: Parameter, value) -> None:
-    if value is None and p.optional:
-        return
-    if p.kind is bool:
-        ok, expected = isinstance(value, bool), "true or false"
-    elif p.kind is int:
-        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    elif p.kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        expected = "a number"
-    else:  # a tuple of integers
-        ok = isinstance(value, tuple) and len(value) > 0
-        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        expected = "a non-empty list of integers"
-    if not ok:
-        raise ValueError(f"{p.name} must be {expected}, got {value!r}")
-    values = value if p.kind is tuple else (value,)
-    low = -math.inf if p.minimum is None else p.minimum
-    high = math.inf if p.maximum is None else p.maximum
-    if p.kind is not bool and not all(low <= v <= high for v in values):
-        raise ValueError(f"{p.name} must be in [{low:g}, {high:g}], got {value!r}")
-
-
 def validate(preset: Preset) -> None:
     """Types and ranges from `PARAMETERS`, then the rules that tie parameters together."""
     for p in PARAMETERS.values():
-        _check_value(p, getattr(preset, p.name))
+        p.check(getattr(preset, p.name))
     if preset.stride > preset.crop:
         raise ValueError(f"stride ({preset.stride}) must not be larger than crop ({preset.crop})")
     if preset.max_long_side < preset.short_side:

@@ -90,12 +90,14 @@ def refine(
     band_memory_mb: float = DEFAULT_BAND_MEMORY_MB,
     report: Callable[[int, int, str], None],
     checkpoint: Callable[[], None],
+    vouched: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (H, W) and class probabilities (C, H/f, W/f) at the original size `size`.
 
     normalised: the (3, h, w) resized image; logits: its (Q, h, w) stitched logits (both on
     the device that computes). report(done, total, "refine") after every band; checkpoint()
-    before every band and PAMR step (it cancels by raising).
+    before every band and PAMR step (it cancels by raising). vouched: (C,) classes that
+    survive the area threshold whatever their area (those the user gave examples of).
     """
     height, width = size
     n_classes = len(class_list)
@@ -129,6 +131,8 @@ def refine(
             done += 1
             report(done, total, "refine")
         keep_np = surviving_classes(counts, params.area_thd, class_list.background).numpy()
+        if vouched is not None:
+            keep_np |= vouched
         keep = torch.from_numpy(keep_np).to(logits.device)
     for y0, y1 in bands:
         checkpoint()

@@ -26,6 +26,8 @@ class Request:
     aux_texts: tuple[str, ...] | None = None  # one text per non-background class
     probability_downsample: int | str = "auto"  # a factor, or "auto" from the budget
     probability_budget_mb: float = PROBABILITY_BUDGET_MB
+    # an engine.examples.ExamplesBank applied to every image (docs/method.md §10.3)
+    examples: object | None = None
 
     @property
     def n_classes(self) -> int:
@@ -63,12 +65,15 @@ class Request:
             aux = "\n".join(
                 f"{name} >={text}" for name, text in zip(names, self.aux_texts, strict=True)
             )
-        return {
+        record = {
             **self.params.to_dict(),
             "preset": self.preset,
             "classes": self.class_list.to_text(),
             "aux_text": aux,
         }
+        if self.examples is not None:
+            record["examples_bank"] = self.examples.describe()
+        return record
 
 
 def prepare(
@@ -78,6 +83,7 @@ def prepare(
     aux_text=None,
     probability_downsample: int | str = "auto",
     probability_budget_mb: float | None = None,
+    examples=None,
     **overrides,
 ) -> Request:
     """Check everything about a run that does not need the image or the model.
@@ -88,6 +94,8 @@ def prepare(
     aux_text: `name >=text` lines (a path, a text or a mapping), one per non-background class.
     probability_downsample: keep probabilities at 1/f of the size, or "auto" (the smallest
         factor whose maps fit `probability_budget_mb`, default PROBABILITY_BUDGET_MB).
+    examples: an `ExamplesBank` (or its .npz path) to apply to every image; its classes must
+        all be in the class list (the model is checked when a segmenter uses it).
     Raises ValueError or TypeError naming the problem.
     """
     if isinstance(preset, Request):
@@ -114,7 +122,19 @@ def prepare(
         raise ValueError(
             f"probability_budget_mb must be a positive number, got {probability_budget_mb!r}"
         )
+    if examples is not None:
+        from .examples import ExamplesBank
+
+        bank = examples if isinstance(examples, ExamplesBank) else ExamplesBank.load(examples)
+        bank.class_ids_for(class_list.class_names)  # its classes must be the request's
+        examples = bank
     name = preset if isinstance(preset, str) else "custom"
     return Request(
-        class_list, params, name, aux_texts, probability_downsample, probability_budget_mb
+        class_list,
+        params,
+        name,
+        aux_texts,
+        probability_downsample,
+        probability_budget_mb,
+        examples,
     )

@@ -21,50 +21,33 @@ import torch
 from . import image as image_stage
 from .classes import ClassList
 from .encoder import check_supported, pack_linear_weights, patch_size
+from .examples import ExamplesBank
+from .features import (
+    DEFAULT_IMAGE_CACHE_MB,
+    STORAGE_DTYPES,
+    FeatureCache,
+    ImageFeatures,
+    encode_image,
+    stitched_logits,
+)
 from .models import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     autocast,
+    deprecated_loader_arguments,
     load_clip,
-    resolve_device,
-    resolve_precision,
+    run_settings,
 )
-from .postprocess import close_labels
 from .presets import Preset
-from .refine import DEFAULT_BAND_MEMORY_MB, refine
+from .refine import DEFAULT_BAND_MEMORY_MB
 from .request import Request, prepare
-from .result import Cancelled, SegmentationResult, package_version
-from .text import TextFeatureCache, cache_root, fuse_aux_text, query_features
-from .window_encoding import window_logits
+from .result import SegmentationResult, package_version
+from .run import Run, checked_examples, checkpoint_for, finish_run, image_features, make_bank
+from .text import TextFeatureCache, cache_root, fuse_aux_text, query_features, weights_fingerprint
+from .window_encoding import encode_windows
+from .windows import N_VIEWS
 
 Progress = Callable[[int, int, str], None]
-
-
-def _deprecated_loader_arguments(
-    model=DEFAULT_MODEL,
-    pretrained=DEFAULT_PRETRAINED,
-    device="auto",
-    precision="auto",
-    *,
-    quick_gelu=None,
-) -> tuple:
-    """The loading arguments of 0.1's `ITACLIP(...)`, bound by Python itself."""
-    return model, pretrained, device, precision, quick_gelu
-
-
-def _is_positive(value, kind) -> bool:
-    return isinstance(value, kind) and not isinstance(value, bool) and value > 0
-
-
-def _run_settings(device, precision, batch_size, band_memory_mb) -> tuple[torch.device, str]:
-    """Resolved device and precision; every setting checked (before any weights load)."""
-    device = resolve_device(device)
-    precision = resolve_precision(precision, device)
-    if batch_size is not None and not _is_positive(batch_size, int):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not _is_positive(band_memory_mb, int | float):
-        raise ValueError(f"band_memory_mb must be a positive number, got {band_memory_mb!r}")
-    return device, precision
 
 
 class ITACLIP:
@@ -86,6 +69,9 @@ class ITACLIP:
     cache_dir: text-feature cache folder (default $NAPARI_ITACLIP_CACHE or the user cache);
         `False` keeps features in memory only.
     band_memory_mb: working memory of one band of the refinement stage (engine.refine).
+    image_cache_mb: memory for the kept features of recent images (engine.features; 0 keeps
+        none): a re-run on the same image with other classes, thresholds or examples needs
+        no encoder pass. Kept on the compute device; `clear_cache()` frees it.
 
     Threads: `segment` calls on one segmenter take turns (a second caller waits for the first
     run to end), since runs share the model and the text cache; separate segmenters run side
@@ -108,8 +94,10 @@ class ITACLIP:
         batch_size: int | None = None,
         cache_dir=None,
         band_memory_mb: float = DEFAULT_BAND_MEMORY_MB,
+        image_cache_mb: float = DEFAULT_IMAGE_CACHE_MB,
         **deprecated_kwargs,
     ):
+        image_cache = FeatureCache(image_cache_mb)
         if model is None or isinstance(model, str | os.PathLike):
             warnings.warn(
                 "ITACLIP(model_name, pretrained, ...) is deprecated and will be removed in 0.3;"
@@ -122,10 +110,10 @@ class ITACLIP:
                 positional.pop()
             # device and precision were positional too: pass them on only when given
             given = {k: v for k, v in (("device", device), ("precision", precision)) if v != "auto"}
-            name, pretrained, device, precision, quick_gelu = _deprecated_loader_arguments(
+            name, pretrained, device, precision, quick_gelu = deprecated_loader_arguments(
                 *positional, **given, **deprecated_kwargs
             )
-            device, precision = _run_settings(device, precision, batch_size, band_memory_mb)
+            device, precision = run_settings(device, precision, batch_size, band_memory_mb)
             model, tokenizer, identity = load_clip(name, pretrained, quick_gelu)
         elif deprecated_args or deprecated_kwargs:
             unexpected = [repr(a) for a in deprecated_args] + list(deprecated_kwargs)
@@ -138,7 +126,7 @@ class ITACLIP:
                 " ITACLIP.from_open_clip(model) fills in the tokenizer and identity"
             )
         check_supported(model.visual)
-        device, precision = _run_settings(device, precision, batch_size, band_memory_mb)
+        device, precision = run_settings(device, precision, batch_size, band_memory_mb)
         self.model = model.to(device).eval()
         if device.type == "cpu":
             pack_linear_weights(self.model.visual)
@@ -155,6 +143,8 @@ class ITACLIP:
         self._run_lock = threading.RLock()
         self._cache_dir = cache_dir
         self._text_cache: TextFeatureCache | None = None
+        self._image_cache = image_cache
+        self._image_fingerprint: str | None = None
 
     @classmethod
     def from_pretrained(
@@ -168,14 +158,25 @@ class ITACLIP:
         batch_size: int | None = None,
         cache_dir=None,
         band_memory_mb: float = DEFAULT_BAND_MEMORY_MB,
+        image_cache_mb: float = DEFAULT_IMAGE_CACHE_MB,
+        progress: Progress | None = None,
     ) -> ITACLIP:
         """Load an open_clip model name and pretrained tag, or `pretrained` a local weights
         file (OpenAI .pt archive or state dict); see `models.load_clip`. OpenAI weights get
-        QuickGELU unless `quick_gelu` says otherwise."""
+        QuickGELU unless `quick_gelu` says otherwise. progress(done_bytes, total_bytes,
+        "download") is called while weights that are not cached yet download."""
         settings = {"batch_size": batch_size, "band_memory_mb": band_memory_mb}
-        device, precision = _run_settings(device, precision, **settings)
-        parts = load_clip(model, pretrained, quick_gelu)
-        return cls(*parts, device=device, precision=precision, cache_dir=cache_dir, **settings)
+        device, precision = run_settings(device, precision, **settings)
+        FeatureCache(image_cache_mb)  # checked before the weights load
+        parts = load_clip(model, pretrained, quick_gelu, progress=progress)
+        return cls(
+            *parts,
+            device=device,
+            precision=precision,
+            cache_dir=cache_dir,
+            image_cache_mb=image_cache_mb,
+            **settings,
+        )
 
     @classmethod
     def from_open_clip(
@@ -188,6 +189,7 @@ class ITACLIP:
         batch_size: int | None = None,
         cache_dir=None,
         band_memory_mb: float = DEFAULT_BAND_MEMORY_MB,
+        image_cache_mb: float = DEFAULT_IMAGE_CACHE_MB,
     ) -> ITACLIP:
         """Wrap an already-built open_clip CLIP (its weights are used as they are); the
         tokenizer defaults to open_clip's, at the model's context length."""
@@ -205,6 +207,7 @@ class ITACLIP:
             "batch_size": batch_size,
             "cache_dir": cache_dir,
             "band_memory_mb": band_memory_mb,
+            "image_cache_mb": image_cache_mb,
         }
         identity = f"open_clip:{type(model).__name__}"
         return cls(model, tokenizer, identity, device=device, precision=precision, **settings)
@@ -250,6 +253,8 @@ class ITACLIP:
         request: Request | None = None,
         progress: Progress | None = None,
         cancel: Callable[[], bool] | None = None,
+        examples=None,
+        preview: Callable[[SegmentationResult], None] | None = None,
         **options,
     ) -> SegmentationResult:
         """Segment `image` into the classes of a request.
@@ -261,6 +266,11 @@ class ITACLIP:
         progress: called as progress(done, total, stage) per text batch, encoder chunk and band.
         cancel: polled between text batches, encoder chunks, bands and PAMR steps; returning
             True raises `Cancelled`.
+        examples: an (H, W) integer array, a class id where the user vouches for that class
+            and -1 elsewhere (all -1: none), or an `ExamplesBank` (default: the request's
+            bank); docs/method.md §10.3. Where given, the returned labels equal them.
+        preview: preview(result) with a coarse result first (docs/method.md §10.2; not when
+            the features are kept). A cancel after it raises `Cancelled`; the preview stays.
         """
         start = time.perf_counter()
         if isinstance(classes, Request):
@@ -274,52 +284,83 @@ class ITACLIP:
         params = request.params
         rgb = image_stage.to_rgb_uint8(image)
         image_stage.check_image_size(*rgb.shape[:2], params, max(patch_size(self.model.visual)))
-        factor = request.probability_factor(*rgb.shape[:2])
-        report = progress or (lambda done, total, stage: None)
-
-        def checkpoint():
-            if cancel is not None and cancel():
-                raise Cancelled("segmentation cancelled")
-
-        checkpoint()
-        timings: dict[str, float] = {}
-        with self._run_lock, torch.inference_mode():
-            with self._timed(timings, "text"):
-                text = self.text_features(
-                    request.class_list, request.aux_texts, params.c_def, report, checkpoint
-                )
-            with self._timed(timings, "resize"):
-                resized = image_stage.resize_short_side(
-                    rgb, params.short_side, params.max_long_side
-                )
-                normalised = image_stage.normalise(resized)[0].to(self.device)
-            with self._timed(timings, "encoder"):
-                logits = self.window_logits(normalised, text, params, report, checkpoint)
-            with self._timed(timings, "refine"):
-                labels, probabilities = refine(
-                    normalised,
-                    logits,
-                    rgb.shape[:2],
-                    request.class_list,
-                    params,
-                    factor,
-                    band_memory_mb=self.band_memory_mb,
-                    report=report,
-                    checkpoint=checkpoint,
-                )
-        if params.closing:
-            with self._timed(timings, "closing"):
-                labels = close_labels(labels)
-        timings["total"] = time.perf_counter() - start
-        return SegmentationResult(
-            labels=labels,
-            probabilities=probabilities,
-            class_names=request.class_names,
-            background=request.class_list.background,
-            parameters=self.run_record(request, factor, rgb.shape[:2], resized.shape[:2]),
-            timings=timings,
-            probability_factor=factor,
+        run = Run(
+            rgb=rgb,
+            request=request,
+            factor=request.probability_factor(*rgb.shape[:2]),
+            examples=checked_examples(
+                self, request.examples if examples is None else examples, rgb.shape[:2], request
+            ),
+            report=progress or (lambda done, total, stage: None),
+            checkpoint=checkpoint_for(cancel),
+            start=start,
         )
+        run.checkpoint()
+        with self._run_lock, torch.inference_mode():
+            with self._timed(run.timings, "text"):
+                run.text = self.text_features(
+                    request.class_list, request.aux_texts, params.c_def, run.report, run.checkpoint
+                )
+
+            def show_preview(features: ImageFeatures) -> None:
+                preview(finish_run(self, run, features, preview=True))
+
+            features = image_features(self, run, show_preview if preview else None)
+            return finish_run(self, run, features)
+
+    def encode(
+        self,
+        normalised: torch.Tensor,
+        params: Preset,
+        report: Progress,
+        checkpoint: Callable[[], None],
+        preview: Callable[[ImageFeatures], None] | None = None,
+    ) -> ImageFeatures:
+        """`ImageFeatures` of the (3, h, w) resized image (engine.features.encode_image)."""
+
+        def encode(windows, views, sink, stage, done_before, total):
+            encode_windows(
+                self.model.visual,
+                normalised,
+                windows,
+                views,
+                sink,
+                precision=self.precision,
+                batch_size=self.batch_size,
+                threads=self._encoder_threads,
+                report=lambda done: report(done_before + done, total, stage),
+                checkpoint=checkpoint,
+            )
+
+        dtype = STORAGE_DTYPES[self.precision]
+        patch = patch_size(self.model.visual)
+        return encode_image(encode, normalised, params, dtype, patch, preview)
+
+    def clear_cache(self) -> None:
+        """Forget the kept image features (text features stay cached)."""
+        with self._run_lock:
+            self._image_cache.clear()
+
+    @property
+    def image_cache(self) -> FeatureCache:  # len() and nbytes of the kept features
+        return self._image_cache
+
+    @property
+    def image_fingerprint(self) -> str:
+        """A hash of every image-tower tensor: what an `ExamplesBank` records as its model."""
+        if self._image_fingerprint is None:
+            self._image_fingerprint = weights_fingerprint(
+                self.model, lambda name: name.startswith("visual.")
+            )
+        return self._image_fingerprint
+
+    def examples_bank(
+        self, images, examples, request: Request, progress=None, cancel=None
+    ) -> ExamplesBank:
+        """An `ExamplesBank` from annotated images: for each image (a list, or one image) its
+        (H, W) examples (class ids of `request`, -1 elsewhere). Features come from the kept
+        ones when there are any (and are kept). progress and cancel as in `segment`."""
+        return make_bank(self, images, examples, request, progress, cancel)
 
     def run_record(self, request: Request, factor: int, image_shape, resized_shape) -> dict:
         """Everything a result was made with (JSON-ready): the one place it is built."""
@@ -354,15 +395,9 @@ class ITACLIP:
         report: Progress,
         checkpoint: Callable[[], None],
     ) -> torch.Tensor:
-        """(Q, h, w) stitched, count-averaged window logits at the resized size."""
-        return window_logits(
-            self.model.visual,
-            normalised,
-            text,
-            params,
-            precision=self.precision,
-            batch_size=self.batch_size,
-            threads=self._encoder_threads,
-            report=report,
-            checkpoint=checkpoint,
-        )
+        """(Q, h, w) stitched, count-averaged window logits at the resized size (an encoder
+        pass; nothing kept)."""
+        features = self.encode(normalised, params, report, checkpoint)
+        views = N_VIEWS if params.image_engineering else 1
+        chunk = max(1, self.batch_size // views)
+        return stitched_logits(features, text, params.c_img, tuple(normalised.shape[-2:]), chunk)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,16 @@ def text_cache_folder(root: Path | None = None) -> Path:
 
 def text_tower_fingerprint(model) -> str:
     """A hash of every text-tower tensor: two models share cached features only if equal."""
+    return weights_fingerprint(
+        model, lambda name: not name.startswith("visual.") and name != "logit_scale"
+    )
+
+
+def weights_fingerprint(model, included: Callable[[str], bool]) -> str:
+    """A hash of the names and values of the model's tensors whose names are `included`."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith("visual.") or name == "logit_scale":
+        if not included(name):
             continue
         digest.update(name.encode())
         # The raw bytes through the buffer protocol: no copy, and hashlib releases the GIL,

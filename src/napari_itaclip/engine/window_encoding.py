@@ -14,10 +14,9 @@ from functools import partial
 
 import torch
 
-from .encoder import encode_dense, patch_size
+from .encoder import encode_dense
 from .models import autocast
-from .presets import Preset
-from .windows import N_VIEWS, crop_views, sliding_windows, stitch_window, views_to_grid_logits
+from .windows import Window, make_views, patch_features
 
 # Allocation failures that CUDA, cuBLAS and cuDNN report as plain RuntimeErrors.
 OUT_OF_MEMORY_MESSAGES = (
@@ -35,51 +34,47 @@ def is_out_of_memory(error: RuntimeError) -> bool:
     )
 
 
-def window_logits(
+def encode_windows(
     visual,
     normalised: torch.Tensor,
-    text: torch.Tensor,
-    params: Preset,
+    windows: list[Window],
+    views: tuple[int, ...],
+    sink: Callable[[int, int, torch.Tensor], None],
     *,
     precision: str,
     batch_size: int,
     threads: int,
-    report: Callable[[int, int, str], None],
+    report: Callable[[int], None],
     checkpoint: Callable[[], None],
-) -> torch.Tensor:
-    """(Q, h, w) stitched, count-averaged window logits of the (3, h, w) resized image.
+) -> None:
+    """`windows` of the (3, h, w) resized image, each in `views` (windows.make_views), through
+    the encoder in chunks of at most `batch_size` images.
 
-    visual: the image tower (on normalised's device); threads: CPU worker threads (below 2,
-    or on other devices, the chunk is encoded directly). report(done, total, "encoder")
-    after every chunk; checkpoint() before every chunk (it cancels by raising).
+    sink(start, stop, features) gets the (V, k, N, D) L2-normalised patch features of
+    windows start:stop; report(windows done) after every chunk; checkpoint() before every
+    chunk (it cancels by raising). threads: CPU worker threads (below 2, or on other
+    devices, the chunk is encoded directly).
     """
     device = normalised.device
-    _, h, w = normalised.shape
-    windows = sliding_windows(h, w, params.crop, params.stride)
-    views = N_VIEWS if params.image_engineering else 1
     # Every run starts from the configured batch size, so one memory spike slows one run.
-    windows_per_chunk = max(1, batch_size // views)
-    canvas = torch.zeros((text.shape[0], h, w), device=device)
-    count = torch.zeros((h, w), device=device)
+    windows_per_chunk = max(1, batch_size // len(views))
     encode_images = partial(_encode_images, visual, precision)
-    patch = patch_size(visual)
     done = 0
     with _cpu_data_parallel(encode_images, device, threads) as encode:
         while done < len(windows):
             checkpoint()
             chunk = windows[done : done + windows_per_chunk]
             crops = torch.stack([normalised[:, win.y0 : win.y1, win.x0 : win.x1] for win in chunk])
-            grid_logits = _encode_windows(encode, patch, crops, text, params)
-            if grid_logits is None:  # out of memory: retry with half as many windows
+            features = _encode_chunk(encode, crops, views)
+            if features is None:  # out of memory: retry with half as many windows
                 if len(chunk) == 1:
-                    raise MemoryError(out_of_memory_message(params, precision, device))
+                    crop = max(crops.shape[-2:])
+                    raise MemoryError(out_of_memory_message(len(views), crop, precision, device))
                 windows_per_chunk = len(chunk) // 2
                 continue
-            for window, crop_logits in zip(chunk, grid_logits, strict=True):
-                stitch_window(canvas, count, crop_logits, window)
+            sink(done, done + len(chunk), features)
             done += len(chunk)
-            report(done, len(windows), "encoder")
-    return canvas / count
+            report(done)
 
 
 def _encode_images(visual, precision: str, images: torch.Tensor) -> torch.Tensor:
@@ -124,12 +119,11 @@ def _cpu_data_parallel(encode_images, device: torch.device, threads: int):
         torch.set_num_threads(torch.get_num_threads())
 
 
-def _encode_windows(encode, patch: tuple[int, int], crops, text, params: Preset):
-    """Grid logits of a chunk of windows, or None when the device ran out of memory."""
-    grid = tuple(s // p for s, p in zip(crops.shape[-2:], patch, strict=True))
+def _encode_chunk(encode, crops: torch.Tensor, views: tuple[int, ...]):
+    """(V, k, N, D) patch features of a chunk of crops, or None when the device ran out of
+    memory."""
     try:
-        tokens = encode(crop_views(crops, params.image_engineering))
-        return views_to_grid_logits(tokens, text, grid, params.image_engineering, params.c_img)
+        return patch_features(encode(make_views(crops, views)), len(views))
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
@@ -139,14 +133,15 @@ def _encode_windows(encode, patch: tuple[int, int], crops, text, params: Preset)
     return None
 
 
-def out_of_memory_message(params: Preset, precision: str, device: torch.device) -> str:
-    """What could still help when even one window does not fit."""
+def out_of_memory_message(n_views: int, crop: int, precision: str, device: torch.device) -> str:
+    """What could still help when even one crop x crop window (in `n_views` views) does not
+    fit."""
     fixes = ["free GPU memory (other programs or models on it)"]
     if precision == "fp32":
         fixes.append("precision='fp16'")
-    if params.image_engineering:
-        fixes.append("image_engineering=False (1 image per window instead of 5)")
-    fixes.append(f"a smaller crop (now {params.crop})")
+    if n_views > 1:
+        fixes.append(f"image_engineering=False (1 image per window instead of {n_views})")
+    fixes.append(f"a smaller crop (now {crop})")
     if device.type != "cpu":
         fixes.append("device='cpu'")
     return (

@@ -62,13 +62,59 @@ def blur_view(crops: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
+def make_views(crops: torch.Tensor, views) -> torch.Tensor:
+    """(n * len(views), 3, h, w) encoder inputs, view-major, for view indices in
+    (0 original, 1 grey, 2 blur, 3 vertical flip, 4 horizontal flip)."""
+    build = (
+        lambda c: c,
+        grey_view,
+        blur_view,
+        lambda c: c.flip(-2),
+        lambda c: c.flip(-1),
+    )
+    return torch.cat([build[view](crops) for view in views], dim=0)
+
+
 def crop_views(crops: torch.Tensor, image_engineering: bool) -> torch.Tensor:
     """(n * V, 3, h, w) encoder inputs, view-major: [orig..., grey..., blur..., vflip..., hflip...]."""
     if not image_engineering:
         return crops
-    return torch.cat(
-        [crops, grey_view(crops), blur_view(crops), crops.flip(-2), crops.flip(-1)], dim=0
-    )
+    return make_views(crops, range(N_VIEWS))
+
+
+def view_groups(view_features: torch.Tensor) -> torch.Tensor:
+    """(G, n, N, D) view groups from the (V, n, N, D) L2-normalised patch features of all
+    views (V = 5 -> G = 3: mean of original, grey and blur, not re-normalised; vertical flip;
+    horizontal flip. V = 1 -> G = 1). What `groups_to_grid_logits` needs for any c_img."""
+    if view_features.shape[0] == 1:
+        return view_features
+    v = view_features
+    return torch.stack([(v[0] + v[1] + v[2]) / 3, v[3], v[4]])
+
+
+def groups_to_grid_logits(
+    groups: torch.Tensor, text: torch.Tensor, grid: tuple[int, int], c_img: float
+) -> torch.Tensor:
+    """Crop logits (n, Q, gh, gw) on the patch grid from (G, n, N, D) view groups.
+
+    Each flipped view gives its own logits, flipped back; crop = c_img * views +
+    (1 - c_img) * mean(flips). Bilinear upsampling (align_corners=False) is linear and
+    commutes with flips, so combining on the grid and upsampling once afterwards equals
+    upsampling every view first.
+    """
+    groups = groups.float()
+    text = text.float()
+    logits = _grid(groups[0] @ text.T, grid)
+    if groups.shape[0] == 1:
+        return logits
+    vflip = _grid(groups[1] @ text.T, grid).flip(-2)
+    hflip = _grid(groups[2] @ text.T, grid).flip(-1)
+    return c_img * logits + (1 - c_img) * ((vflip + hflip) / 2)
+
+
+def patch_features(tokens: torch.Tensor, n_views: int) -> torch.Tensor:
+    """(V, n, N, D) L2-normalised patch features (CLS dropped) of view-major encoder tokens."""
+    return F.normalize(tokens[:, 1:].float(), dim=-1).unflatten(0, (n_views, -1))
 
 
 def views_to_grid_logits(
@@ -81,21 +127,10 @@ def views_to_grid_logits(
     """Crop logits (n, Q, gh, gw) on the patch grid from the encoder tokens of all views.
 
     Features are L2-normalised per token; the original, grey and blur features are averaged
-    (not re-normalised) before the dot product with the text; each flipped view gives its own
-    logits, flipped back; crop = c_img * views + (1 - c_img) * mean(flips). Bilinear
-    upsampling (align_corners=False) is linear and commutes with flips, so combining on the
-    grid and upsampling once afterwards equals upsampling every view first.
+    (not re-normalised) before the dot product with the text (see `groups_to_grid_logits`).
     """
-    feats = F.normalize(tokens[:, 1:].float(), dim=-1)
-    text = text.float()
-    if not image_engineering:
-        return _grid(feats @ text.T, grid)
-    views = feats.chunk(N_VIEWS, dim=0)
-    mean_feat = (views[0] + views[1] + views[2]) / 3
-    logits = _grid(mean_feat @ text.T, grid)
-    vflip = _grid(views[3] @ text.T, grid).flip(-2)
-    hflip = _grid(views[4] @ text.T, grid).flip(-1)
-    return c_img * logits + (1 - c_img) * ((vflip + hflip) / 2)
+    views = patch_features(tokens, N_VIEWS if image_engineering else 1)
+    return groups_to_grid_logits(view_groups(views), text, grid, c_img)
 
 
 def _grid(logits: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
