@@ -2,8 +2,9 @@
 write. numpy only at import (tifffile, OpenCV and Pillow load when a file is read or written);
 no torch, no napari.
 
-- Readers: `read_image` (pixels as stored, any number of planes), `stored_shape` (a TIFF's
-  shape from its header), `read_label_image` (ground truth: class ids, never colours).
+- Readers: `read_image` (pixels as stored, any number of planes; a zarr or OME-Zarr store
+  is read lazily, plane by plane), `stored_shape` (a TIFF's or zarr's shape from its header),
+  `read_label_image` (ground truth: class ids, never colours).
 - Finding files: `find_images` (inputs for `segment`), `index_files` (ids for `evaluate`).
 - Writers: `write_label_png`, `write_label_tiff` (class ids, class names inside),
   `write_overlay`; `replacing` makes every write atomic; `check_output_folder` and
@@ -25,6 +26,8 @@ from .labels import class_palette, painted_classes  # napari's colour per class
 # Files a folder scan picks up when no pattern is given (explicit file arguments are always read).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
+# A zarr store is a folder; folder scans take it as one image and do not look inside.
+ZARR_SUFFIX = ".zarr"
 # A palette PNG indexes at most 256 colours; label images with more classes are TIFFs.
 PNG_MAX_CLASSES = 256
 # Opacity of the class colours in the quick-look overlay, on a 0-255 scale.
@@ -46,11 +49,67 @@ def is_tiff(path: Path) -> bool:
     return Path(path).suffix.lower() in TIFF_EXTENSIONS
 
 
+def is_zarr(path: Path) -> bool:
+    return Path(path).suffix.lower() == ZARR_SUFFIX and Path(path).is_dir()
+
+
+def _kept_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The axes of `shape` other than its length-1 ones (a single page or channel stored as a
+    stack carries nothing), keeping at least the last two."""
+    kept = tuple(axis for axis, size in enumerate(shape) if size != 1)
+    return kept if len(kept) >= 2 else tuple(range(len(shape)))[-2:]
+
+
 def _without_unit_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """`shape` less its length-1 axes (a single page or channel stored as a stack carries
-    nothing), keeping at least two."""
-    kept = tuple(size for size in shape if size != 1)
-    return kept if len(kept) >= 2 else tuple(shape[-2:])
+    return tuple(shape[axis] for axis in _kept_axes(shape))
+
+
+class WithoutUnitAxes:
+    """A lazy array (zarr) less its length-1 axes, as `read_image` gives a TIFF: indexing
+    reads only what it selects (a reshape would read everything)."""
+
+    def __init__(self, array):
+        self.array = array
+        self.kept = _kept_axes(tuple(array.shape))
+        self.shape = _without_unit_axes(tuple(array.shape))
+        self.ndim = len(self.shape)
+        self.dtype = array.dtype
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        full = [0] * self.array.ndim
+        padded = key + (slice(None),) * (self.ndim - len(key))
+        for axis, index in zip(self.kept, padded, strict=True):
+            full[axis] = index
+        return np.asarray(self.array[tuple(full)])
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[()], dtype=dtype)
+
+
+def read_zarr(path: Path) -> WithoutUnitAxes:
+    """A zarr array, or level 0 of an OME-Zarr multiscale image (a zarr group), lazily."""
+    try:
+        import zarr
+    except ImportError:
+        raise ValueError(
+            "reading zarr needs the zarr package: pip install 'napari-itaclip[distributed]'"
+        ) from None
+
+    try:
+        node = zarr.open(Path(path), mode="r")
+        if isinstance(node, zarr.Group):
+            attributes = node.attrs.asdict()
+            # OME-Zarr 0.4 keeps `multiscales` at the top, 0.5 under "ome".
+            multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get(
+                "multiscales"
+            )
+            if not multiscales:
+                raise ValueError("a zarr group that is no OME-Zarr multiscale image")
+            node = node[multiscales[0]["datasets"][0]["path"]]
+    except Exception as exc:  # zarr raises several types for damaged or foreign stores
+        raise ValueError(f"cannot read zarr: {exc}") from None
+    return WithoutUnitAxes(node)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -62,6 +121,8 @@ def read_image(path: Path) -> np.ndarray:
     so labels line up with the stored pixels, as ground-truth files do.
     """
     path = Path(path)
+    if is_zarr(path):
+        return read_zarr(path)
     if is_tiff(path):
         import tifffile
 
@@ -85,6 +146,8 @@ def read_image(path: Path) -> np.ndarray:
 def stored_shape(path: Path) -> tuple[int, ...] | None:
     """The shape `read_image` returns, from a TIFF's header without reading its pixels;
     None for other formats (one plane, whose size needs decoding)."""
+    if is_zarr(path):
+        return read_zarr(path).shape
     if not is_tiff(path):
         return None
     import tifffile
@@ -141,17 +204,20 @@ def find_images(
     out_resolved = None if out_dir is None else Path(out_dir).resolve()
     for text in inputs:
         path = Path(text)
-        if path.is_file():
+        if path.is_file() or is_zarr(path):
             found.setdefault(path.resolve(), ImageFile(path))
         elif path.is_dir():
             candidates = path.rglob(pattern) if pattern else path.rglob("*")
             for candidate in sorted(candidates):
                 resolved = candidate.resolve()
                 if (
-                    not candidate.is_file()
+                    not (candidate.is_file() or is_zarr(candidate))
                     or _is_hidden(candidate, path)
                     or (out_resolved is not None and out_resolved in resolved.parents)
-                    or (pattern is None and candidate.suffix.lower() not in IMAGE_EXTENSIONS)
+                    or (
+                        pattern is None
+                        and candidate.suffix.lower() not in (*IMAGE_EXTENSIONS, ZARR_SUFFIX)
+                    )
                 ):
                     continue
                 found.setdefault(resolved, ImageFile(candidate, candidate.parent.relative_to(path)))

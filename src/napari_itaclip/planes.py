@@ -5,6 +5,7 @@
   (duck-typed, napari is never imported), `from_array` for an array such as a (Z, Y, X) stack.
 - `segment_planes` runs `ITACLIP.segment` on each plane and stacks the results; it touches no
   Qt, so the widget runs it in a worker thread, and the command line can use it for stacks.
+  `PlaneStack` assembles the per-plane results (a cluster fills it as planes finish).
 """
 
 from __future__ import annotations
@@ -182,6 +183,61 @@ def current_position(viewer, layer) -> tuple[float, ...]:
     return tuple(layer.world_to_data(viewer.dims.point))
 
 
+class PlaneStack:
+    """The stacked result of `segment_planes`, filled one plane result at a time in any order
+    (a cluster returns planes as they finish; `segment_planes` adds them in order).
+
+    `plane_request` is what every plane is segmented with: with probability_downsample "auto"
+    one factor serves every plane, chosen so that all planes together fit the request's
+    budget.
+    """
+
+    def __init__(self, planes: LayerPlanes, request):
+        self.planes = planes
+        self.indices = planes.indices()
+        self.request = request
+        height, width = planes.plane_shape
+        self.factor = request.probability_factor(height, width, len(self.indices))
+        self.plane_request = replace(request, probability_downsample=self.factor)
+        self._labels = self._probabilities = self._first = None
+        self._timings: dict[str, float] = {}
+        self._added = 0
+
+    def add(self, index: tuple[int, ...], result) -> None:
+        """Put the engine's result for the plane at stack `index` in its place."""
+        stack_shape = self.planes.output_stack_shape
+        if self._first is None:
+            self._first = result
+            self._labels = np.empty((*stack_shape, *self.planes.plane_shape), result.labels.dtype)
+            self._probabilities = np.empty(
+                (result.n_classes, *stack_shape, *result.probabilities.shape[1:]), np.float32
+            )
+        where = index if self.planes.plane is None else (0,) * len(stack_shape)
+        self._labels[where] = result.labels
+        self._probabilities[(slice(None), *where)] = result.probabilities
+        for stage, seconds in result.timings.items():
+            self._timings[stage] = self._timings.get(stage, 0.0) + seconds
+        self._added += 1
+
+    def result(self) -> SegmentationResult:
+        if self._added != len(self.indices):
+            raise ValueError(f"{self._added} of {len(self.indices)} planes were segmented")
+        return SegmentationResult(
+            labels=self._labels,
+            probabilities=self._probabilities,
+            class_names=self._first.class_names,
+            background=self._first.background,
+            parameters={
+                **self._first.parameters,
+                **self.planes.describe(),
+                "n_planes": len(self.indices),
+                "probability_budget_mb": self.request.record_budget(),
+            },
+            timings=self._timings,
+            probability_factor=self.factor,
+        )
+
+
 def segment_planes(
     segmenter,
     planes: LayerPlanes,
@@ -189,6 +245,8 @@ def segment_planes(
     *,
     progress: Callable[[int, int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    examples=None,
+    preview: Callable[[SegmentationResult], None] | None = None,
 ):
     """Segment every selected plane with `segmenter.segment(plane, request)` and stack them.
 
@@ -198,46 +256,49 @@ def segment_planes(
     result). With probability_downsample "auto" one factor serves every plane, chosen so that
     all planes together fit the request's budget. `parameters` adds what
     `LayerPlanes.describe` records.
+    examples: (*output stack, H, W) class ids, -1 where there is no example: each plane's
+    examples (`ITACLIP.segment`'s), or None; a plane without any uses the request's bank.
+    preview: preview(stacked preview result) for a single-plane run (`ITACLIP.segment`'s).
     """
-    indices = planes.indices()
-    height, width = planes.plane_shape
-    factor = request.probability_factor(height, width, len(indices))
-    plane_request = replace(request, probability_downsample=factor)
-    stack_shape = planes.output_stack_shape
-    labels = probabilities = first = None
-    timings: dict[str, float] = {}
-    for count, index in enumerate(indices):
+    stack = PlaneStack(planes, request)
+    plane_examples = _plane_examples(planes, examples)
+    single = len(stack.indices) == 1
+
+    def stacked_preview(result):
+        shown = PlaneStack(planes, request)
+        shown.add(stack.indices[0], result)
+        preview(shown.result())
+
+    for count, index in enumerate(stack.indices):
         report = progress
-        if progress is not None and len(indices) > 1:
+        if progress is not None and len(stack.indices) > 1:
 
             def report(done, total, stage, _plane=count + 1):
-                progress(done, total, f"plane {_plane}/{len(indices)}: {stage}")
+                progress(done, total, f"plane {_plane}/{len(stack.indices)}: {stage}")
 
-        result = segmenter.segment(
-            planes.read(index), plane_request, progress=report, cancel=cancel
+        extra = {}
+        if plane_examples is not None and (plane_examples[count] >= 0).any():
+            extra["examples"] = plane_examples[count]
+        if preview is not None and single:
+            extra["preview"] = stacked_preview
+        stack.add(
+            index,
+            segmenter.segment(
+                planes.read(index), stack.plane_request, progress=report, cancel=cancel, **extra
+            ),
         )
-        if first is None:
-            first = result
-            labels = np.empty((*stack_shape, height, width), result.labels.dtype)
-            probabilities = np.empty(
-                (result.n_classes, *stack_shape, *result.probabilities.shape[1:]), np.float32
-            )
-        where = index if planes.plane is None else (0,) * len(stack_shape)
-        labels[where] = result.labels
-        probabilities[(slice(None), *where)] = result.probabilities
-        for stage, seconds in result.timings.items():
-            timings[stage] = timings.get(stage, 0.0) + seconds
-    return SegmentationResult(
-        labels=labels,
-        probabilities=probabilities,
-        class_names=first.class_names,
-        background=first.background,
-        parameters={
-            **first.parameters,
-            **planes.describe(),
-            "n_planes": len(indices),
-            "probability_budget_mb": request.record_budget(),
-        },
-        timings=timings,
-        probability_factor=factor,
-    )
+    return stack.result()
+
+
+def _plane_examples(planes: LayerPlanes, examples) -> np.ndarray | None:
+    """(n planes, H, W) examples in the order of `planes.indices()` (from (*stack, H, W))."""
+    if examples is None:
+        return None
+    expected = (*planes.output_stack_shape, *planes.plane_shape)
+    array = np.asarray(examples)
+    if array.shape != expected:
+        raise ValueError(
+            f"examples of shape {array.shape} do not fit {planes.name!r}: expected {expected} "
+            "(the output stack and the image plane)"
+        )
+    return array.reshape(-1, *planes.plane_shape)
