@@ -247,3 +247,12 @@ def test_cache_usage_counts_entries_and_all_bytes(tmp_path):
     (tmp_path / "text" / "k" / "crashed.tmp").write_bytes(b"x" * 10)
     entry = cache._path("cat").stat().st_size
     assert text_stage.text_cache_usage(tmp_path) == (2, 2 * entry + 10)
+
+
+def test_prime_holds_valid_features_and_skips_bad_ones(tmp_path):
+    cache = TextFeatureCache("key", tmp_path, use_disk=False)
+    cache.width = 4
+    good = np.ones(4, np.float32)
+    cache.prime({"cat": good, "dog": np.ones(3, np.float32), "cow": np.full(4, np.nan, np.float32)})
+    assert cache.get("cat") is good
+    assert cache.get("dog") is None and cache.get("cow") is None

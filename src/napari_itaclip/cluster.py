@@ -97,7 +97,7 @@ class RunSetup:
     def segmenter(self):
         """This worker's segmenter, its text cache holding the run's query features."""
         segmenter = worker_segmenter(self.spec)
-        segmenter.text_cache.memory.update(self.text_features)
+        segmenter.text_cache.prime(self.text_features)
         return segmenter
 
 

@@ -253,6 +253,11 @@ class TextFeatureCache:
         self.memory[query] = value
         return value
 
+    def prime(self, features: dict[str, np.ndarray]) -> None:
+        """Hold features computed elsewhere (e.g. shipped to a cluster worker) in memory,
+        checked like entries read from disk; invalid ones are left to be recomputed."""
+        self.memory.update({q: v for q, v in features.items() if self._valid(np.asarray(v))})
+
     def put(self, query: str, value: np.ndarray) -> None:
         self.memory[query] = value
         if self.folder is None:
