@@ -78,7 +78,89 @@ def main(out: Path) -> None:
     widget.run()
     settle(1.5)
     viewer.screenshot(str(out / "offline.png"), canvas_only=False)
+    annotation_loop(viewer, widget, segmenter, out, settle)
     viewer.close()
+
+
+def two_colour_image():
+    """A reddish blob on a bluish ground, with noise: the colours decide, not the names."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:240, :320]
+    blob = (rows - 120) ** 2 / 90**2 + (cols - 130) ** 2 / 110**2 + 0.2 * np.sin(cols / 9) < 1
+    image = np.where(blob[..., None], (200, 60, 50), (40, 70, 200)).astype(np.int16)
+    return np.clip(image + rng.integers(-25, 25, image.shape), 0, 255).astype(np.uint8), blob
+
+
+# Short strokes inside the blob (class 0, value 1) and on the ground (class 1, value 2).
+STROKES = (
+    (slice(90, 98), slice(80, 170), 1),
+    (slice(150, 158), slice(60, 150), 1),
+    (slice(25, 33), slice(240, 300), 2),
+    (slice(205, 213), slice(180, 290), 2),
+)
+
+
+def _image_part(shot) -> tuple[slice, slice]:
+    """Where the screenshot is not the canvas's black."""
+    import numpy as np
+
+    rows, cols = np.nonzero(shot[..., :3].max(-1) > 10)
+    return slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+
+
+def annotation_loop(viewer, widget, segmenter, out: Path, settle) -> None:
+    """docs/napari.md, "The annotation loop": the text-only result, a few strokes in an
+    examples layer, the refinement; side by side in loop.png."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    viewer.layers.clear()
+    image, _ = two_colour_image()
+    layer = viewer.add_image(image, name="blobs")
+    widget.segmenter_factory = lambda *key, progress=None: segmenter
+    widget.image.value = layer
+    widget.classes.value = "thing one\nthing two"  # names that say nothing to a random model
+    widget.preset.value = "voc21"
+    settings = {"short_side": 64, "crop": 32, "stride": 16, "examples_weight": 20}
+    for name, value in {**settings, "background": False}.items():
+        getattr(widget, name).value = value
+    widget.run()
+    while widget.running:
+        settle(0.1)
+    labels = viewer.layers["blobs labels"]
+    viewer.reset_view()
+    settle()
+    shots = [viewer.screenshot(canvas_only=True)]
+    strokes = widget.refine_panel.add_strokes_layer()
+    for rows, cols, value in STROKES:  # value = class id + 1
+        mask = np.zeros(strokes.data.shape, bool)
+        mask[rows, cols] = True
+        strokes.data_setitem(np.nonzero(mask), value)
+    strokes.mode = "pan_zoom"  # no brush cursor in the picture
+    labels.visible = False
+    viewer.reset_view()
+    settle()
+    shots.append(viewer.screenshot(canvas_only=True))
+    widget.refine()
+    while widget.running:
+        settle(0.1)
+    labels.visible, strokes.visible = True, False
+    viewer.reset_view()
+    settle()
+    shots.append(viewer.screenshot(canvas_only=True))
+    rows, cols = _image_part(shots[0])
+    shots = [shot[rows, cols] for shot in shots]
+    pictures = [Image.fromarray(shot[..., :3]) for shot in shots]
+    width, height = pictures[0].size
+    loop = Image.new("RGB", (3 * width, height + 30), "white")
+    draw = ImageDraw.Draw(loop)
+    captions = ("1. Run: text only", "2. strokes in an examples layer", "3. Refine from edits")
+    for index, (picture, caption) in enumerate(zip(pictures, captions, strict=True)):
+        loop.paste(picture, (index * width, 30))
+        draw.text((index * width + 10, 8), caption, fill="black")
+    loop.save(out / "loop.png")
 
 
 if __name__ == "__main__":

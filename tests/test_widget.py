@@ -268,15 +268,16 @@ def test_cancel_stops_within_one_chunk_and_adds_nothing(
 ):
     viewer, widget = viewer_widget
     slow_run_settings(widget, monkeypatch, segmenter)
+    monkeypatch.setattr(segmenter, "batch_size", 1)  # the preview's windows: 6 chunks
     widget.run()
     events = widget.recorder.events
     qtbot.waitUntil(
-        lambda: any(stage == "encoder" for _, _, stage, _ in events), timeout=RUN_TIMEOUT_MS
+        lambda: any(stage == "preview" for _, _, stage, _ in events), timeout=RUN_TIMEOUT_MS
     )
-    widget.cancel()
+    widget.cancel()  # before the preview exists (see test_annotation_loop for after it)
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
-    encoder = [event for event in events if event[2] == "encoder"]
-    assert encoder[-1][0] < encoder[-1][1]  # it did not finish the encoder stage
+    encoder = [event for event in events if event[2] == "preview"]
+    assert encoder[-1][0] < encoder[-1][1]  # it did not finish the preview's encoder stage
     assert sum(asked for *_, asked in events) <= 1  # at most the chunk in flight completed
     assert [layer.name for layer in viewer.layers] == ["photo"]
     assert ("info", "ITACLIP: run cancelled; no layer was added.") in notifications
@@ -361,6 +362,9 @@ def test_gui_stays_responsive_during_a_run(
     widget = dock_widget(make_napari_viewer(show=True), segmenter, rgb_image)
     slow_run_settings(widget, monkeypatch, segmenter)
     widget.short_side.value = 280
+    # The computation only: a preview builds the result layers mid-run (the GUI time that
+    # adding them costs at the end otherwise; docs/napari.md, "The annotation loop").
+    widget.run_panel.preview.value = False
     qtbot.wait(1000)  # let the new window finish its first paints
     ticks = []
     timer = QTimer()
@@ -497,3 +501,24 @@ def test_worker_thread_is_not_the_gui_thread(viewer_widget, qtbot):
     widget.recorder.segment = segment
     run_and_wait(qtbot, widget)
     assert threads and threads[0] is not threading.main_thread()
+
+
+def test_rerun_with_the_same_classes_builds_no_new_layer(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    run_and_wait(qtbot, widget)
+    layers = list(viewer.layers)
+    widget.prob_thd.value = 0.3
+    run_and_wait(qtbot, widget)
+    assert all(new is old for new, old in zip(viewer.layers, layers, strict=True))
+    assert viewer.layers["photo labels"].metadata["itaclip"]["parameters"]["prob_thd"] == 0.3
+
+
+def test_preview_off_shows_no_preview(viewer_widget, qtbot, monkeypatch, segmenter):
+    viewer, widget = viewer_widget
+    widget.preset.value = "voc21"  # image engineering: a run with a preview
+    widget.short_side.value = 64
+    widget.run_panel.preview.value = False
+    seen = []
+    viewer.layers.events.inserted.connect(lambda event: seen.append(event.value.metadata))
+    run_and_wait(qtbot, widget)
+    assert [m["itaclip"]["parameters"]["preview"] for m in seen if "itaclip" in m] == [False] * 4

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QSizePolicy
 from superqt.utils import ensure_main_thread
@@ -44,6 +44,11 @@ class RunPanel:
             label="show probability of", choices=self._probability_choices,
             tooltip="The class whose probability layer is shown; the others stay hidden",
         )  # fmt: skip
+        self.preview = CheckBox(
+            text="preview", value=True,
+            tooltip="Show a coarse result in the layers as soon as it exists (a fraction of "
+            "the run's encoder work); the result replaces it",
+        )  # fmt: skip
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
         # Never empty, and ignoring their text width: changing text must not resize the dock,
         # since a resize redraws the whole canvas (the main cost to the GUI during a run).
@@ -52,7 +57,9 @@ class RunPanel:
         for label in (self.stage, self.last_run):
             label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         buttons = Container(
-            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+            widgets=[self.run_button, self.cancel_button, self.preview],
+            layout="horizontal",
+            labels=False,
         )
         self.container = Container(
             widgets=[buttons, self.show_probability, self.progress, self.stage, self.last_run]
@@ -94,9 +101,22 @@ class RunPanel:
         self.progress_state.finish()
         self._show()
 
-    def ran(self, seconds: float, planes: int) -> None:
-        suffix = f" ({planes} planes)" if planes > 1 else ""
+    def preview_shown(self) -> None:
+        """The result layers show the preview until the run ends: the line says so."""
+        self.progress_state.preview_shown()
+        self._show()
+
+    def ran(self, seconds: float, planes: int, reused: bool) -> None:
+        notes = [f"{planes} planes"] * (planes > 1) + ["features reused"] * reused
+        suffix = f" ({', '.join(notes)})" if notes else ""
         self.last_run.value = f"last run: {seconds:.1f} s{suffix}"
+
+    def refined(self, seconds: float, changed: int, reused: bool) -> None:
+        reuse = ", features reused" if reused else ""
+        self.last_run.value = f"last run: refined, {changed} pixels changed, {seconds:.1f} s{reuse}"
+
+    def cancelled_after_preview(self) -> None:
+        self.last_run.value = "last run: cancelled; the layers show its PREVIEW"
 
     @ensure_main_thread
     def show_loading(self, model: str, pretrained: str) -> None:

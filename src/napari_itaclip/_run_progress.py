@@ -1,7 +1,9 @@
 """What the dock widget's progress bar and stage line say during a run (no Qt here).
 
 The engine reports progress(done, total, stage) per stage ("download" while weights download,
-then "text", "encoder", "refine"); `planes.segment_planes` prefixes "plane k/n: " on stacks.
+then "text", "preview" (the preview's windows), "encoder", "refine"); `planes.segment_planes`
+prefixes "plane k/n: " on stacks. Once the result layers show the run's preview the line
+starts with "preview shown · ".
 `RunProgress` turns these events into one fraction for the whole run (planes x weighted
 stages, so a 3-plane stack reads 1/3 when its first plane is done) and one short line of
 text. It never goes back within a phase, and after `cancel` it ignores the events still on
@@ -15,8 +17,15 @@ import re
 
 READY = "ready"
 CANCELLING = "cancelling..."
-# Each stage's share of one plane's bar: the encoder is most of a run's time.
-STAGE_SPANS = {"text": (0.0, 0.05), "encoder": (0.05, 0.85), "refine": (0.85, 1.0)}
+# Each stage's share of one plane's bar: the encoder is most of a run's time (its preview
+# windows first, when the run makes a preview).
+STAGE_SPANS = {
+    "text": (0.0, 0.05),
+    "preview": (0.05, 0.1),
+    "encoder": (0.05, 0.85),
+    "refine": (0.85, 1.0),
+}
+PREVIEW_SHOWN = "preview shown · "
 PLANE_STAGE = re.compile(r"plane (\d+)/(\d+): (.*)")
 MB = 1024 * 1024
 
@@ -43,10 +52,17 @@ class RunProgress:
         self.fraction = 0.0
         self.text = READY
         self.cancelling = False
+        self.previewed = False  # the result layers show the run's preview
         self._phase = None  # "download" or "run": the bar restarts from 0 between them
 
     def start(self) -> None:
         self.fraction, self.text, self.cancelling, self._phase = 0.0, "starting", False, None
+        self.previewed = False
+
+    def preview_shown(self) -> None:
+        self.previewed = True
+        if not self.cancelling:
+            self.text = PREVIEW_SHOWN + self.text
 
     def loading(self, model: str, pretrained) -> None:
         if not self.cancelling:
@@ -78,7 +94,7 @@ class RunProgress:
         self._advance("run", (plane - 1 + within) / planes)
         counts = f" {done}/{total}" if total > 1 else ""
         where = f"plane {plane}/{planes}: " if match else ""
-        self.text = f"{where}{name}{counts}"
+        self.text = f"{PREVIEW_SHOWN * self.previewed}{where}{name}{counts}"
 
     def _advance(self, phase: str, fraction: float) -> None:
         floor = self.fraction if phase == self._phase else 0.0

@@ -1,10 +1,12 @@
 """The "ITACLIP segmentation" dock widget: controls over `planes.segment_planes`, run in a worker.
 
-The widget composes its parts: the class box (`_class_panel`), the preset and parameter
-controls (`_controls.ParameterPanel`), the model and input controls, and Run/Cancel with the
-progress line (`_run_progress`). It starts a napari worker thread (the model comes from the
-shared `segmenters.SEGMENTERS`) and adds the result layers with `viewer`'s layer policy; the
-segmentation itself is the engine's `ITACLIP.segment`. Settings persist through `_settings`.
+The widget composes its parts: the inputs (`_input_panel`), the class box (`_class_panel`),
+the preset and parameter controls (`_controls.ParameterPanel`), the model controls, Run/Cancel
+with the progress line (`_run_panel`) and "Refine from edits" (`_refine_panel`). It starts a
+napari worker thread (the model comes from the shared `segmenters.SEGMENTERS`, which keeps the
+features of recent images, so a re-run is instant) and puts the result into layers with
+`viewer`'s layer policy: a preview first when the run makes one, then the result, in place.
+The segmentation itself is the engine's `ITACLIP.segment`. Settings persist through `_settings`.
 """
 
 from __future__ import annotations
@@ -13,41 +15,44 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit
+from magicgui.widgets import ComboBox, Container, FileEdit
 from napari.layers import Image
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QTimer
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
+from superqt.utils import ensure_main_thread
 
 from ._class_panel import BUILTIN_PLACEHOLDER, ClassPanel, remember_run_classes
-from ._controls import CUSTOM, DEFAULT_PRESET, ParameterPanel, edits, integers
+from ._controls import CUSTOM, DEFAULT_PRESET, ParameterPanel, edits
+from ._input_panel import ALL_PLANES, CURRENT_PLANE, InputPanel, ModelPanel
+from ._layer_steps import LayerSteps
+from ._refine_panel import RefineJob, RefinePanel
 from ._run_panel import RUN_TOOLTIP, RunPanel, report_failure
 from ._settings import load_settings, save_settings
+from .corrections import refine_planes
 from .engine import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
     PARAMETERS,
-    PRECISIONS,
     PRESETS,
+    Cancelled,
     Request,
     device_choices,
     prepare,
 )
-from .planes import LayerPlanes, current_position, segment_planes
+from .planes import LayerPlanes, segment_planes
 from .segmenters import SEGMENTERS, load_segmenter
-from .viewer import add_result_layers_in_steps, show_probability
+from .viewer import add_result_layers_in_steps, apply_refinement, show_probability
 
 __all__ = [
-    "BUILTIN_PLACEHOLDER", "CUSTOM", "DEFAULT_CLASSES", "RUN_TOOLTIP", "SegmentationWidget",
+    "ALL_PLANES", "BUILTIN_PLACEHOLDER", "CURRENT_PLANE", "CUSTOM", "DEFAULT_CLASSES",
+    "RUN_TOOLTIP", "SegmentationWidget",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
-CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
 # Parameters shown beside the class box ("first line is background") and the aux file (its
 # weight); every other parameter is in "Advanced parameters".
 BESIDE_CLASSES = ("background", "c_def")
@@ -68,6 +73,8 @@ class _Job:
     classes: str  # the class box's text, remembered on the image after the run
     model_key: tuple
     cancel: Callable[[], bool] = lambda: False  # set to the worker's abort flag
+    preview: bool = True  # show the run's preview
+    preview_shown: bool = False
 
 
 class SegmentationWidget(QWidget):
@@ -80,18 +87,14 @@ class SegmentationWidget(QWidget):
         # the widget and `segment_layer` share one loaded model (segmenters.SEGMENTERS).
         self.segmenter_factory = load_segmenter
         self._worker = None
-        self._adding = None  # the steps adding a finished run's layers, while they run
+        self._layer_steps = LayerSteps()  # putting a result into layers, one step a turn
         self._restoring = False  # True while saved settings are put back (nothing to save)
         self._started = 0.0
 
-        self.image = ComboBox(label="image", choices=self._image_choices)
-        self.planes = ComboBox(label="planes", choices=[CURRENT_PLANE, ALL_PLANES])
-        self.channel_axis = ComboBox(label="channel axis", choices=self._channel_axis_choices)
-        self.channels = LineEdit(
-            label="channels → RGB", value="0, 1, 2",
-            tooltip="Up to 3 channel indices of the channel axis, mapped to R, G, B",
-        )  # fmt: skip
-        inputs = Container(widgets=[self.image, self.planes, self.channel_axis, self.channels])
+        self.input_panel = InputPanel(napari_viewer)
+        inputs = self.input_panel.container
+        for name in ("image", "planes", "channel_axis", "channels"):
+            setattr(self, name, getattr(self.input_panel, name))
 
         self.parameter_panel = ParameterPanel(DEFAULT_PRESET)
         self.parameter_controls = self.parameter_panel.controls
@@ -112,13 +115,19 @@ class SegmentationWidget(QWidget):
         self.device = ComboBox(label="device", choices=["auto", *device_choices()])
         parameters = Container(widgets=[self.preset, self.aux_file, self.c_def, self.device])
         advanced = Container(widgets=[self.parameter_controls[n] for n in ADVANCED_PARAMETERS])
-        model = self._model_controls()
+        self.model_panel = ModelPanel()
+        model = self.model_panel.container
+        for name in ("model", "pretrained", "weights", "precision"):
+            setattr(self, name, getattr(self.model_panel, name))
         self.run_panel = RunPanel()
         run = self.run_panel.container
         for name in ("run_button", "cancel_button", "show_probability", "progress", "stage"):
             setattr(self, name, getattr(self.run_panel, name))
         self.last_run = self.run_panel.last_run
         self._show_progress = self.run_panel.show_progress
+        self.refine_panel = RefinePanel(napari_viewer)
+        self.refine_button = self.refine_panel.refine_button
+        refine = self.refine_panel.container
 
         self._containers = (inputs, self.class_panel.container, parameters, advanced, model, run)
         layout = QVBoxLayout(self)
@@ -130,6 +139,9 @@ class SegmentationWidget(QWidget):
             self.sections[title].addWidget(part.native)
             layout.addWidget(self.sections[title])
         layout.addWidget(run.native)
+        self.sections["Refine from edits"] = QCollapsible("Refine from edits")
+        self.sections["Refine from edits"].addWidget(refine.native)
+        layout.addWidget(self.sections["Refine from edits"])
         layout.addStretch()
 
         self._restore_settings()
@@ -137,19 +149,6 @@ class SegmentationWidget(QWidget):
         self._on_image_changed(self.image.value)
         self._show_background_rule()
         self._check_request()
-
-    def _model_controls(self) -> Container:
-        self.model = LineEdit(label="model", value=DEFAULT_MODEL)
-        self.pretrained = LineEdit(label="pretrained", value=DEFAULT_PRETRAINED)
-        self.weights = FileEdit(
-            label="weights file", mode="r", nullable=True,
-            tooltip="A local weights file; when set it replaces the pretrained tag",
-        )  # fmt: skip
-        self.precision = ComboBox(
-            label="precision", choices=list(PRECISIONS), value="auto",
-            tooltip="auto: fp16 autocast on CUDA, fp32 elsewhere",
-        )  # fmt: skip
-        return Container(widgets=[self.model, self.pretrained, self.weights, self.precision])
 
     # ------------------------------------------------------------------------ wiring
     @property
@@ -164,7 +163,6 @@ class SegmentationWidget(QWidget):
 
     def _connect(self):
         self.image.changed.connect(self._on_image_changed)
-        self.channel_axis.changed.connect(self._update_input_controls)
         self.show_probability.changed.connect(self._on_show_probability)
         for control in (self.preset, self.background):
             control.changed.connect(self._show_background_rule)
@@ -179,39 +177,17 @@ class SegmentationWidget(QWidget):
             edits(widget).connect(self._save_settings)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.refine_button.changed.connect(self.refine)
 
     def reset_choices(self, *_):
         """Follow the viewer's layers (napari calls this on insert/remove/reorder/rename)."""
         for part in self._containers:
             part.reset_choices()
-        self._update_input_controls()
-
-    def _image_choices(self, _widget):
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
-
-    def _channel_axis_choices(self, _widget):
-        layer = self.image.value
-        choices = [("none (RGB or grey)", None)]
-        if layer is not None and not layer.rgb and layer.ndim >= 3:
-            shape = layer.data[0].shape if layer.multiscale else layer.data.shape
-            choices += [(f"axis {axis} ({shape[axis]})", axis) for axis in range(layer.ndim)]
-        return choices
-
-    def _update_input_controls(self):
-        layer = self.image.value
-        self.channel_axis.reset_choices()
-        multichannel = layer is not None and not layer.rgb and layer.ndim >= 3
-        self.channel_axis.visible = multichannel
-        self.channels.visible = multichannel and self.channel_axis.value is not None
-        if layer is None:
-            self.planes.visible = False
-            return
-        image_axes = layer.ndim - (self.channel_axis.value is not None)
-        self.planes.visible = image_axes > 2
+        self.input_panel.update()
+        self.refine_panel.reset_choices()
 
     def _on_image_changed(self, layer):
-        self.channel_axis.value = None
-        self._update_input_controls()
+        self.input_panel.image_changed()
         self.class_panel.show_for(layer)
 
     def _show_background_rule(self, *_):
@@ -290,45 +266,50 @@ class SegmentationWidget(QWidget):
     @property
     def running(self) -> bool:
         """A run is computing, or its layers are still being added."""
-        return self._worker is not None or self._adding is not None
+        return self._worker is not None or self._layer_steps.busy
 
     def _job(self) -> _Job:
         layer = self.image.value
-        if layer is None:
-            raise ValueError("no image layer: open an image first")
-        channel_axis = self.channel_axis.value
-        channels = None
-        if channel_axis is not None:
-            channels = list(
-                integers(self.channels.value, "channels must be up to 3 integers such as '0, 1, 2'")
-            )
-        position = (
-            current_position(self.viewer, layer) if self.planes.value == CURRENT_PLANE else "all"
-        )
-        planes = LayerPlanes.from_layer(
-            layer, channel_axis=channel_axis, channels=channels, position=position
-        )
+        planes = self.input_panel.layer_planes()
         request = self.request()  # checked here, before any model loads
-        pretrained = (
-            str(self.weights.value) if self.weights.value else self.pretrained.value.strip()
-        )
-        model_key = (self.model.value.strip(), pretrained, self.device.value, self.precision.value)
-        return _Job(layer, planes, request, self.classes.value, model_key)
+        model_key = self.model_panel.key(self.device.value)
+        preview = self.run_panel.preview.value
+        return _Job(layer, planes, request, self.classes.value, model_key, preview=preview)
 
     def run(self):
         """Start a run in a worker thread and return the worker (None if refused)."""
+        return self._start(self._job, self._work, self._on_returned)
+
+    def refine(self):
+        """Start a refinement of the chosen labels layer from its edits (and the examples
+        layer's strokes) in a worker thread; return the worker (None if refused)."""
+        model_key = self.model_panel.key(self.device.value)
+        job = partial(self.refine_panel.job, self._refine_request, model_key)
+        return self._start(job, self._refine_work, self._on_refined)
+
+    def _refine_request(self, info: dict) -> Request:
+        """The parameters shown, with the classes (and background rule) of the result."""
+        overrides = {**self.overrides(), "background": info["background"]}
+        return prepare(
+            info["parameters"]["classes"],
+            preset=self.parameter_panel.preset_name,
+            aux_text=self.aux_file.value,
+            **overrides,
+        )
+
+    def _start(self, make_job, work, on_returned):
         if self.running:
             show_warning("ITACLIP: a segmentation is already running; wait for it or press Cancel.")
             return None
         try:
-            job = self._job()
+            job = make_job()
         except (ValueError, TypeError) as exc:
             show_error(f"ITACLIP: {exc}")
             return None
-        worker = create_worker(self._work, job, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(work, job, _start_thread=False, _ignore_errors=True)
         job.cancel = lambda: worker.abort_requested
-        worker.returned.connect(lambda result: self._on_returned(job, result))
-        worker.errored.connect(self._on_errored)
+        worker.returned.connect(lambda result: on_returned(job, result))
+        worker.errored.connect(lambda exc: self._on_errored(job, exc))
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._started = time.perf_counter()
@@ -343,50 +324,80 @@ class SegmentationWidget(QWidget):
             self._worker.quit()
             self.run_panel.cancelling()
 
+    def _segmenter(self, job):
+        return SEGMENTERS.get(
+            job.model_key,
+            self.segmenter_factory,
+            loading=lambda: self.run_panel.show_loading(*job.model_key[:2]),
+            progress=self.run_panel.show_progress,
+        )
+
     def _work(self, job: _Job):
         """Worker thread: get the model (loaded only if the key changed), then segment."""
         # napari builds the labels layer's features table with pandas: imported here, in the
         # worker, its ~300 modules do not load on the GUI thread when the layers are added.
         import pandas  # noqa: F401
 
-        segmenter = SEGMENTERS.get(
-            job.model_key,
-            self.segmenter_factory,
-            loading=lambda: self.run_panel.show_loading(*job.model_key[:2]),
-            progress=self.run_panel.show_progress,
-        )
         return segment_planes(
-            segmenter,
+            self._segmenter(job),
             job.planes,
             job.request,
             progress=self.run_panel.show_progress,
             cancel=job.cancel,
+            preview=(lambda result: self._on_preview(job, result)) if job.preview else None,
         )
+
+    def _refine_work(self, job: RefineJob):
+        return refine_planes(
+            self._segmenter(job),
+            job.planes,
+            job.request,
+            job.examples,
+            job.before,
+            job.origin,
+            every_plane=job.every_plane,
+            progress=self.run_panel.show_progress,
+            cancel=job.cancel,
+        )
+
+    @ensure_main_thread
+    def _on_preview(self, job: _Job, result):
+        if job.cancel() or self._worker is None:
+            return  # cancelled before the preview reached the GUI: nothing is shown
+        job.preview_shown = True
+        self.run_panel.preview_shown()
+        self._show_result(job, result, lambda: None)
 
     def _on_returned(self, job: _Job, result):
         remember_run_classes(job.layer, job.classes)
         if self.image.value is job.layer:
             self.class_panel.show_for(job.layer)
+        planes = result.parameters["n_planes"]
+        reused = result.timings.get("encoder") == 0
+
+        def done():
+            self.run_panel.ran(time.perf_counter() - self._started, planes, reused)
+            self.refine_panel.choose_newest()
+
+        self._show_result(job, result, done)
+
+    def _show_result(self, job: _Job, result, done: Callable[[], None]):
         # One layer per event-loop turn: adding them all at once froze napari for a second.
-        self._adding = add_result_layers_in_steps(
+        steps = add_result_layers_in_steps(
             self.viewer, result, job.layer, show_probability=self.run_panel.shown_probability
         )
-        self._add_next_layer(result.parameters["n_planes"])
+        self._layer_steps.start(steps, done)
 
-    def _add_next_layer(self, planes: int):
-        try:
-            next(self._adding)
-        except StopIteration:
-            self._adding = None
-            self.run_panel.ran(time.perf_counter() - self._started, planes)
-        except Exception as exc:  # a result that cannot become layers must not kill napari
-            self._adding = None
-            logger.exception("adding the result layers failed")
-            show_error(f"ITACLIP: could not add the result layers: {exc}")
-        else:
-            QTimer.singleShot(0, lambda: self._add_next_layer(planes))
+    def _on_refined(self, job: RefineJob, refinement):
+        changed = apply_refinement(self.viewer, job.layer, refinement, job.before)
+        reused = refinement.timings.get("encoder") == 0
+        self.run_panel.refined(time.perf_counter() - self._started, changed, reused)
 
-    def _on_errored(self, exc: Exception):
+    def _on_errored(self, job, exc: Exception):
+        if isinstance(exc, Cancelled) and getattr(job, "preview_shown", False):
+            show_info("ITACLIP: run cancelled; the result layers keep the preview.")
+            self.run_panel.cancelled_after_preview()
+            return
         report_failure(exc, lambda: self.sections["Model"].expand(animate=False))
 
     def _on_finished(self):

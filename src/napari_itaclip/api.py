@@ -10,6 +10,9 @@ napari is imported inside functions only, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import os
+
+from .corrections import pixel_examples
 from .engine import DEFAULT_MODEL, DEFAULT_PRETRAINED, prepare
 from .planes import MAX_CHANNELS, LayerPlanes, current_position, segment_planes
 from .segmenters import get_segmenter
@@ -80,6 +83,7 @@ def segment_layer(
     pretrained=DEFAULT_PRETRAINED,
     device: str = "auto",
     precision: str = "auto",
+    examples=None,
     **options,
 ) -> list:
     """Segment an image layer of `viewer` and add the result layers; return them.
@@ -93,6 +97,11 @@ def segment_layer(
     options: preset, aux_text, probability_downsample (None = automatic: within
     probability_budget_mb, default 512 MiB, over all planes together) and any preset
     parameter (short_side, stride, ...). Runs synchronously, in the calling thread.
+    examples: pixels you vouch for (docs/notebook.md, "Examples"): a Labels layer of strokes
+    (value = class id + 1, 0 = none), a result's labels layer you corrected (the pixels changed
+    since the run), or an array of class ids (-1 = none) shaped like the result (or like the
+    whole stack for planes="current"); the result's labels equal them there. An
+    `ExamplesBank` or its .npz path applies to every plane instead.
     """
     if isinstance(layer, str):
         if layer not in viewer.layers:
@@ -107,12 +116,18 @@ def segment_layer(
     source = LayerPlanes.from_layer(
         layer, channel_axis=channel_axis, channels=channels, position=position
     )
+    from .engine import ExamplesBank
+
+    bank = examples is None or isinstance(examples, str | os.PathLike | ExamplesBank)
+    if bank:
+        options["examples"] = examples
     request = prepare(classes, **options)  # a bad class list fails before any model loads
+    pixels = None if bank else pixel_examples(examples, source, request)
     if segmenter is None:
         segmenter = get_segmenter(model, pretrained, device, precision)
     report = _NapariProgress() if progress else None
     try:
-        result = segment_planes(segmenter, source, request, progress=report)
+        result = segment_planes(segmenter, source, request, progress=report, examples=pixels)
     finally:
         if report is not None:
             report.close()
