@@ -108,3 +108,14 @@ def test_iterate_polls_the_checkpoint_before_every_step():
     with pytest.raises(Stop):
         pamr_iterate(logits, aff, (1, 2), 4, checkpoint=stop_at_third_step)
     assert len(polls) == 3
+
+
+def test_all_queries_at_once_equal_chunks_of_queries():
+    """An accelerator iterates every query in one call (engine.refine.pamr_query_chunk), the
+    CPU 8 at a time: queries are independent, so the results are identical."""
+    torch.manual_seed(0)
+    image, logits = torch.randn(3, 40, 33), torch.randn(21, 40, 33)
+    aff = pamr_affinity(image, (2, 4))
+    together = pamr_iterate(logits, aff, (2, 4), 5)
+    chunked = torch.cat([pamr_iterate(chunk, aff, (2, 4), 5) for chunk in logits.split(8)])
+    torch.testing.assert_close(together, chunked, rtol=0, atol=0)

@@ -34,7 +34,12 @@ DEFAULT_IMAGE_CACHE_MB = 512
 # The preview's window step: that of the `fast` preset (rounded down to a multiple of the
 # run's stride, so that the preview's windows are windows of the full grid).
 PREVIEW_STRIDE = 112
-STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+STORAGE_DTYPES = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "fp16-cast": torch.float16,
+    "bf16": torch.bfloat16,
+}
 
 # encode(windows, views, sink, stage, done_before, total): windows x views through the
 # encoder, sink(start, stop, view_features) per chunk (see window_encoding.encode_windows).

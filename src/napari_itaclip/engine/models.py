@@ -9,13 +9,14 @@ import threading
 import warnings
 import zipfile
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
+
+from .precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 - their old home
 
 WEIGHTS_ENV = "NAPARI_ITACLIP_WEIGHTS"
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 # progress(done_bytes, total_bytes, "download") while pretrained weights download.
@@ -69,27 +70,6 @@ def resolve_device(device="auto"):
     elif resolved.type != "cpu":
         raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'")
     return resolved
-
-
-def resolve_precision(precision, device) -> str:
-    """`"auto"` is fp16 autocast on CUDA (the paper's setting) and fp32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type == "cpu":
-        raise ValueError("precision 'fp16' is not supported on the CPU; use 'fp32' or 'bf16'")
-    return precision
-
-
-def autocast(device, precision: str):
-    """The autocast context for `precision` (a no-op for fp32)."""
-    import torch
-
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _is_local_file(pretrained) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -27,6 +28,7 @@ from .examples import (
 from .features import ImageFeatures, feature_key, stitched_logits
 from .image import check_image_size, normalise, resize_short_side, to_rgb_uint8
 from .postprocess import close_labels
+from .precision import exact_fp32
 from .presets import Preset
 from .refine import refine
 from .request import Request
@@ -97,7 +99,8 @@ def finish_run(segmenter, run: Run, features: ImageFeatures, preview: bool = Fal
     timings = dict(run.timings) if preview else run.timings
     if preview:
         params = replace(params, pamr_steps=0)
-    term, vouched, examples_record = _examples(run, features, params)
+    with segmenter._timed(timings, "examples") if run.examples is not None else nullcontext():
+        term, vouched, examples_record = _examples(run, features, params)
     views = N_VIEWS if params.image_engineering else 1
     with segmenter._timed(timings, "logits"):
         logits = stitched_logits(
@@ -189,7 +192,7 @@ def make_bank(segmenter, images, examples, request: Request, progress, cancel) -
         report = progress or (lambda done, total, stage: None)
         runs.append(Run(rgb, request, 1, checked, report, checkpoint_for(cancel)))
     keys, class_ids = [], []
-    with segmenter._run_lock, torch.inference_mode():
+    with segmenter._run_lock, torch.inference_mode(), exact_fp32(segmenter.precision):
         for run in runs:
             features = image_features(segmenter, run)
             if run.examples is not None:

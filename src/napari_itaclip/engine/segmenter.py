@@ -20,6 +20,7 @@ import torch
 
 from . import image as image_stage
 from .classes import ClassList
+from .device_sync import synchronize
 from .encoder import check_supported, pack_linear_weights, patch_size
 from .examples import ExamplesBank
 from .features import (
@@ -33,11 +34,11 @@ from .features import (
 from .models import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
-    autocast,
     deprecated_loader_arguments,
     load_clip,
     run_settings,
 )
+from .precision import CAST_DTYPES, autocast, cast_model, exact_fp32
 from .presets import Preset
 from .refine import DEFAULT_BAND_MEMORY_MB
 from .request import Request, prepare
@@ -62,7 +63,9 @@ class ITACLIP:
     napari widget, the notebook API and the command line.
 
     device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps".
-    precision: "auto" (fp16 autocast on CUDA, fp32 elsewhere), "fp32", "fp16" or "bf16".
+    precision: "auto" (fp16 autocast on CUDA, fp32 elsewhere), "fp32", "fp16", "fp16-cast"
+        (the authors' fp16 model: weights cast in place; not on the CPU) or "bf16"
+        (engine.precision).
     batch_size: encoder images per chunk (default 128 on CUDA, 16 elsewhere). On GPU
         out-of-memory the chunk is halved for the rest of that run; every run starts again
         from batch_size.
@@ -127,7 +130,10 @@ class ITACLIP:
             )
         check_supported(model.visual)
         device, precision = run_settings(device, precision, batch_size, band_memory_mb)
+        # A cast model's is that of the weights as given: banks are shared with the uncast one.
+        self._image_fingerprint = visual_fingerprint(model) if precision in CAST_DTYPES else None
         self.model = model.to(device).eval()
+        cast_model(self.model, precision)
         if device.type == "cpu":
             pack_linear_weights(self.model.visual)
         self.tokenizer = tokenizer
@@ -144,7 +150,6 @@ class ITACLIP:
         self._cache_dir = cache_dir
         self._text_cache: TextFeatureCache | None = None
         self._image_cache = image_cache
-        self._image_fingerprint: str | None = None
 
     @classmethod
     def from_pretrained(
@@ -296,7 +301,7 @@ class ITACLIP:
             start=start,
         )
         run.checkpoint()
-        with self._run_lock, torch.inference_mode():
+        with self._run_lock, torch.inference_mode(), exact_fp32(self.precision):
             with self._timed(run.timings, "text"):
                 run.text = self.text_features(
                     request.class_list, request.aux_texts, params.c_def, run.report, run.checkpoint
@@ -348,10 +353,7 @@ class ITACLIP:
     @property
     def image_fingerprint(self) -> str:
         """A hash of every image-tower tensor: what an `ExamplesBank` records as its model."""
-        if self._image_fingerprint is None:
-            self._image_fingerprint = weights_fingerprint(
-                self.model, lambda name: name.startswith("visual.")
-            )
+        self._image_fingerprint = self._image_fingerprint or visual_fingerprint(self.model)
         return self._image_fingerprint
 
     def examples_bank(
@@ -378,12 +380,11 @@ class ITACLIP:
 
     @contextmanager
     def _timed(self, timings: dict[str, float], stage: str):
-        """Add a stage's wall time to `timings`; on CUDA, after the device has finished it
-        (kernels run asynchronously, so without the sync the time lands in a later stage)."""
+        """Add a stage's wall time to `timings`, once the device has finished it (CUDA and
+        MPS run kernels asynchronously: without the wait the time lands in a later stage)."""
         tick = time.perf_counter()
         yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - tick
 
     # --------------------------------------------------------------- encoder
@@ -401,3 +402,7 @@ class ITACLIP:
         views = N_VIEWS if params.image_engineering else 1
         chunk = max(1, self.batch_size // views)
         return stitched_logits(features, text, params.c_img, tuple(normalised.shape[-2:]), chunk)
+
+
+def visual_fingerprint(model) -> str:
+    return weights_fingerprint(model, lambda name: name.startswith("visual."))

@@ -14,8 +14,9 @@ from functools import partial
 
 import torch
 
+from .device_sync import completion_marker
 from .encoder import encode_dense
-from .models import autocast
+from .precision import autocast
 from .windows import Window, make_views, patch_features
 
 # Allocation failures that CUDA, cuBLAS and cuDNN report as plain RuntimeErrors.
@@ -51,15 +52,18 @@ def encode_windows(
     the encoder in chunks of at most `batch_size` images.
 
     sink(start, stop, features) gets the (V, k, N, D) L2-normalised patch features of
-    windows start:stop; report(windows done) after every chunk; checkpoint() before every
-    chunk (it cancels by raising). threads: CPU worker threads (below 2, or on other
-    devices, the chunk is encoded directly).
+    windows start:stop; report(windows done) once the device has finished a chunk;
+    checkpoint() before every chunk (it cancels by raising). threads: CPU worker threads
+    (below 2, or on other devices, the chunk is encoded directly).
     """
     device = normalised.device
     # Every run starts from the configured batch size, so one memory spike slows one run.
     windows_per_chunk = max(1, batch_size // len(views))
     encode_images = partial(_encode_images, visual, precision)
     done = 0
+    # On an asynchronous device a chunk is reported when the next one is queued and the
+    # device has finished it: the bar follows the device, and the device never waits.
+    unreported = None
     with _cpu_data_parallel(encode_images, device, threads) as encode:
         while done < len(windows):
             checkpoint()
@@ -74,13 +78,25 @@ def encode_windows(
                 continue
             sink(done, done + len(chunk), features)
             done += len(chunk)
-            report(done)
+            if unreported is not None:
+                _report_finished(*unreported, report)
+            unreported = (completion_marker(device), done)
+    if unreported is not None:
+        _report_finished(*unreported, report)
+
+
+def _report_finished(marker, done: int, report: Callable[[int], None]) -> None:
+    if marker is not None:
+        marker.synchronize()
+    report(done)
 
 
 def _encode_images(visual, precision: str, images: torch.Tensor) -> torch.Tensor:
-    # Inference and autocast modes are per thread, so every worker thread enters them.
+    # Inference and autocast modes are per thread, so every worker thread enters them. The
+    # images take the weights' dtype, as OpenAI's encode_image does: float16 for a cast
+    # model, unchanged otherwise.
     with torch.inference_mode(), autocast(images.device, precision):
-        return encode_dense(visual, images)
+        return encode_dense(visual, images.to(visual.conv1.weight.dtype))
 
 
 def _one_torch_thread() -> None:

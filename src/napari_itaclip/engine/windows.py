@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -52,14 +53,24 @@ def gaussian_kernel(size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch
     return pdf / pdf.sum()
 
 
+@lru_cache(maxsize=16)
+def blur_weights(channels: int, device: torch.device, dtype: torch.dtype):
+    """The (horizontal, vertical) depthwise convolution weights of the blur, built once per
+    device and dtype instead of copied to the device for every chunk."""
+    with torch.inference_mode(False):  # kept across runs: normal tensors
+        kernel = gaussian_kernel().to(device, dtype)
+        horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+        return horizontal, horizontal.view(channels, 1, -1, 1)
+
+
 def blur_view(crops: torch.Tensor) -> torch.Tensor:
     """Gaussian blur (kernel 11, sigma 5), separable, reflect padding at each crop's border."""
     channels = crops.shape[1]
-    kernel = gaussian_kernel().to(crops)
+    horizontal, vertical = blur_weights(channels, crops.device, crops.dtype)
     pad = BLUR_KERNEL // 2
     x = F.pad(crops, (pad, pad, pad, pad), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    x = F.conv2d(x, horizontal, groups=channels)
+    return F.conv2d(x, vertical, groups=channels)
 
 
 def make_views(crops: torch.Tensor, views) -> torch.Tensor:
