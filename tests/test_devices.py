@@ -63,3 +63,55 @@ def test_preloaded_libraries_serve_torchs_own_import():
     )
     # libtorch_global_deps and torch's extension module; nothing once torch is imported.
     assert "loaded 2 again 0" in done.stdout
+
+
+FULL_COLLECTIONS_DURING_IMPORT = """
+import gc, sys
+from napari_itaclip.engine.native_libraries import import_without_pauses
+full = []
+gc.callbacks.append(lambda phase, info: full.append(1) if phase == "start"
+                    and info["generation"] == 2 else None)
+if sys.argv[1] == "paused":
+    import_without_pauses()
+else:
+    import torch, torchvision, open_clip
+gc.callbacks.clear()
+print("full collections", len(full), "enabled", gc.isenabled(), "frozen", gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize("how", ["plain", "paused"])
+def test_model_libraries_import_without_full_collections(how):
+    """A full collection walks the whole heap holding the GIL (100-160 ms with torch loaded):
+    the plain import runs several; `import_without_pauses` none, and leaves the collector on
+    with the imported objects frozen."""
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_COLLECTIONS_DURING_IMPORT, how],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    words = done.stdout.split()
+    full, enabled, frozen = int(words[2]), words[4], int(words[6])
+    assert enabled == "True"
+    if how == "plain":
+        assert full > 0  # what the pause is for: without it the collector walks the heap
+    else:
+        assert full == 0 and frozen > 100_000
+
+
+def test_collector_paused_keeps_a_disabled_collector_disabled():
+    import gc
+
+    from napari_itaclip.engine.native_libraries import collector_paused
+
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.unfreeze()

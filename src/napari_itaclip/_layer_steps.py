@@ -1,5 +1,6 @@
 """Putting a result into layers one step per event-loop turn (`viewer.add_result_layers_in_steps`
-is the generator of steps), so napari keeps drawing while layers are built."""
+is the generator of steps), so napari keeps drawing while layers are built; and the part of
+building them that can be done before, in the worker (`prepare_layer_building`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,21 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 logger = logging.getLogger(__name__)
+
+
+def prepare_layer_building() -> None:
+    """Do in a worker thread what adding the first result layers would otherwise do on the GUI
+    thread: napari builds a labels layer's features table with pandas (~300 modules to
+    import), and vispy computes its line dash patterns for the labels layer's polygon overlay
+    (~90 ms of Python loops, cached for the process once computed)."""
+    from .engine import import_without_pauses
+
+    import_without_pauses("pandas")
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+    except ImportError:  # moved in another vispy: the GUI thread computes them, as before
+        return
+    DashAtlas()
 
 
 class LayerSteps:

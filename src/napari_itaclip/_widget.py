@@ -29,7 +29,7 @@ from superqt.utils import ensure_main_thread
 from ._class_panel import BUILTIN_PLACEHOLDER, ClassPanel, remember_run_classes
 from ._controls import CUSTOM, DEFAULT_PRESET, ParameterPanel, edits
 from ._input_panel import ALL_PLANES, CURRENT_PLANE, InputPanel, ModelPanel
-from ._layer_steps import LayerSteps
+from ._layer_steps import LayerSteps, prepare_layer_building
 from ._refine_panel import RefineJob, RefinePanel
 from ._run_panel import RUN_TOOLTIP, RunPanel, report_failure
 from ._settings import load_settings, save_settings
@@ -334,9 +334,7 @@ class SegmentationWidget(QWidget):
 
     def _work(self, job: _Job):
         """Worker thread: get the model (loaded only if the key changed), then segment."""
-        # napari builds the labels layer's features table with pandas: imported here, in the
-        # worker, its ~300 modules do not load on the GUI thread when the layers are added.
-        import pandas  # noqa: F401
+        prepare_layer_building()
 
         return segment_planes(
             self._segmenter(job),

@@ -24,9 +24,9 @@ def load_segmenter(
 ):
     """A new `ITACLIP` (what `get_segmenter` calls on a miss); progress(done_bytes,
     total_bytes, "download") while its weights download."""
-    from .engine import preload_torch_libraries
+    from .engine import import_without_pauses
 
-    preload_torch_libraries()  # so a GUI keeps drawing while torch's libraries load
+    import_without_pauses()  # so a GUI keeps drawing while torch and open_clip load
     from .engine import ITACLIP
 
     return ITACLIP.from_pretrained(model, pretrained, device, precision, progress=progress)
@@ -88,7 +88,12 @@ def get_segmenter(
     pretrained=DEFAULT_PRETRAINED,
     device: str = "auto",
     precision: str = "auto",
+    *,
+    loading: Callable[[], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ):
-    """The shared `ITACLIP` for (model, pretrained tag or weights file, device, precision)."""
+    """The shared `ITACLIP` for (model, pretrained tag or weights file, device, precision);
+    loading and progress as for `SegmenterCache.get`."""
     pretrained = os.fspath(pretrained)  # a Path and its string are the same weights
-    return SEGMENTERS.get((model, pretrained, device, precision), load_segmenter)
+    key = (model, pretrained, device, precision)
+    return SEGMENTERS.get(key, load_segmenter, loading=loading, progress=progress)

@@ -34,7 +34,7 @@ _MODULE_EXPORTS = {
     "devices": ("device_choices",),
     "text": ("cache_root", "text_cache_folder", "text_cache_usage"),
     "image": ("to_rgb_uint8",),
-    "native_libraries": ("preload_torch_libraries",),
+    "native_libraries": ("import_without_pauses", "preload_torch_libraries"),
 }
 _MODULE_OF = {name: module for module, names in _MODULE_EXPORTS.items() for name in names}
 

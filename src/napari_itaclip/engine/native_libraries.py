@@ -1,4 +1,4 @@
-"""Load torch's native libraries without holding Python's GIL.
+"""Import torch and its company without freezing a GUI that runs in another thread.
 
 `import torch` maps about a gigabyte of shared libraries (libtorch_cpu, and libtorch_cuda
 with the CUDA runtime in PyPI's default build). Python's import machinery and ctypes.CDLL
@@ -7,17 +7,26 @@ loop for half a second at a time. Calling libc's dlopen through a ctypes foreign
 releases the GIL for the call; the libraries are then already mapped when the import asks for
 them, and only their Python-level initialisation remains. Linux only; elsewhere, or when
 torch is already imported, nothing is done.
+
+That initialisation creates millions of objects, and each time the heap grows by a quarter
+Python's cyclic garbage collector walks all of it, holding the GIL: with torch, torchvision
+and open_clip that was 100-160 ms at a time. `import_without_pauses` keeps the collector off
+during the imports and then freezes what they made (`gc.freeze`: modules, classes and
+functions live as long as the process anyway), so later collections skip those objects.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import glob
+import importlib
 import importlib.util
 import logging
 import os
 import sys
+from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
 
@@ -61,3 +70,33 @@ def preload_torch_libraries() -> int:
         else:
             logger.debug("preloading %s failed; torch's import will say why", path)
     return loaded
+
+
+# What loading a model imports: most of the objects a first run creates.
+MODEL_LIBRARIES = ("torch", "torchvision", "open_clip")
+
+
+@contextmanager
+def collector_paused():
+    """No cyclic garbage collection within the block; what it made is frozen at the end."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def import_without_pauses(*names: str) -> None:
+    """Import these modules (by default the model's libraries) without long GIL holds: torch's
+    libraries mapped with the GIL released, the garbage collector paused meanwhile."""
+    names = names or MODEL_LIBRARIES
+    if all(name in sys.modules for name in names):
+        return
+    if "torch" in names:
+        preload_torch_libraries()
+    with collector_paused():
+        for name in names:
+            importlib.import_module(name)
