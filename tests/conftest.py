@@ -77,3 +77,28 @@ def rgb_image():
     image[:, :40] = (200, 40, 40)
     image[:, 40:] = (30, 60, 220)
     return np.clip(image + rng.integers(0, 30, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def weight_caches(tmp_path, monkeypatch):
+    """Empty Hugging Face hub cache and home folder (open_clip's ~/.cache/clip) under tmp_path,
+    for this process and its subprocesses; returns plant(repo, filename), which puts a file in
+    the hub cache where a download would, and returns its path."""
+    from huggingface_hub import constants
+
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))  # read once, at import
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    revision = "0" * 40
+
+    def plant(repo: str, filename: str):
+        folder = hub / f"models--{repo.replace('/', '--')}"
+        path = folder / "snapshots" / revision / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+        (folder / "refs").mkdir(exist_ok=True)
+        (folder / "refs" / "main").write_text(revision)
+        return path
+
+    return plant

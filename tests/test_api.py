@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_itaclip import segment_layer
+from napari_itaclip import Cancelled, segment_layer
 from napari_itaclip.bundle import save_bundle
 from napari_itaclip.engine.request import prepare
 
@@ -273,3 +273,102 @@ def test_result_to_layer_data_is_exported():
 
     assert callable(napari_itaclip.result_to_layer_data)
     assert callable(napari_itaclip.segment_layer)
+
+
+# ------------------------------------------------------------------ napari's activity dock
+def test_segment_layer_bar_shows_the_model_loading_and_download(
+    viewer, segmenter, rgb_image, monkeypatch
+):
+    from napari_itaclip import api, segmenters
+
+    described = []
+
+    class RecordedBar(api.ActivityBar):
+        def __init__(self):
+            super().__init__()
+            self.bar.events.description.connect(lambda event: described.append(event.value))
+
+    def downloading(*key, progress=None):
+        progress(300 * 2**20, 600 * 2**20, "download")
+        return segmenter
+
+    monkeypatch.setattr(api, "ActivityBar", RecordedBar)
+    monkeypatch.setattr(segmenters, "load_segmenter", downloading)
+    segmenters.SEGMENTERS.clear()
+    viewer.add_image(rgb_image, name="photo")
+    segment_layer(viewer, "photo", CLASSES, **{**FAST, "progress": True})
+    segmenters.SEGMENTERS.clear()
+    assert described[:2] == [
+        "loading model ViT-B-16 (openai)",
+        "downloading weights: 300 / 600 MB (50%)",
+    ]
+    assert described[-1].startswith("refine")
+
+
+def dock_bars(viewer):
+    """The progress bars napari's activity dock shows."""
+    from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+
+    dialog = viewer.window._qt_window._activity_dialog
+    bars = dialog.findChildren(QtLabeledProgressBar)
+    return [bar for bar in bars if bar.isVisibleTo(dialog)]
+
+
+class DockWatcher:
+    """Passes calls to a real ITACLIP and records, after each progress event, what the
+    activity dock shows (description, value); `act(watcher, stage)` runs after each event."""
+
+    def __init__(self, inner, viewer, act=lambda watcher, stage: None):
+        self.inner, self.viewer, self.act = inner, viewer, act
+        self.shown = []
+
+    def segment(self, image, request, progress=None, **kwargs):
+        def watched(done, total, stage):
+            progress(done, total, stage)
+            [bar] = dock_bars(self.viewer)
+            self.shown.append((bar.description_label.text(), bar.qt_progress_bar.value()))
+            self.act(self, stage)
+
+        return self.inner.segment(image, request, progress=watched, **kwargs)
+
+
+@pytest.mark.gui
+def test_activity_dock_shows_one_bar_for_the_whole_run(make_napari_viewer, segmenter, rgb_image):
+    viewer = make_napari_viewer()  # the viewer first, as a user has it
+    viewer.add_image(np.stack([rgb_image] * 2), name="stack", rgb=True)
+    watcher = DockWatcher(segmenter, viewer)
+    segment_layer(viewer, "stack", CLASSES, segmenter=watcher, **{**FAST, "progress": True})
+    values = [value for _, value in watcher.shown]
+    assert values == sorted(values) and values[-1] == 1000
+    assert {text[:9] for text, _ in watcher.shown} == {"plane 1/2", "plane 2/2"}
+    assert dock_bars(viewer) == []  # closed when the run ends
+
+
+@pytest.mark.gui
+def test_activity_dock_cancel_stops_the_run_saying_cancelling(
+    make_napari_viewer, segmenter, rgb_image, monkeypatch
+):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()  # the viewer first, as a user has it
+    viewer.add_image(rgb_image, name="photo")
+    monkeypatch.setattr(segmenter, "batch_size", 5)  # many encoder chunks to stop between
+    pressed = []
+
+    def press_cancel_during_the_encoder(watcher, stage):
+        if stage == "encoder" and not pressed:
+            [bar] = dock_bars(viewer)
+            pressed.append(len(watcher.shown))
+            # a click, delivered when napari next processes events (at a progress update)
+            QTimer.singleShot(0, bar.cancel_button.click)
+
+    watcher = DockWatcher(segmenter, viewer, press_cancel_during_the_encoder)
+    with pytest.raises(Cancelled):
+        segment_layer(viewer, "photo", CLASSES, segmenter=watcher, preset="voc21")
+    assert pressed
+    before = [text for text, _ in watcher.shown[: pressed[0]]]
+    after = [text for text, _ in watcher.shown[pressed[0] :]]
+    assert before[-1].startswith("encoder")
+    assert after and set(after) == {"cancelling...: "}  # until it stopped
+    assert dock_bars(viewer) == []
+    assert [layer.name for layer in viewer.layers] == ["photo"]

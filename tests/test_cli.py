@@ -442,6 +442,20 @@ def test_info_names_versions_devices_cache_and_weights(tmp_path, tiny_weights, m
     assert f"{tiny_weights} (present)" in out
 
 
+def test_info_names_the_gpus_where_there_are_some(monkeypatch):
+    import torch
+
+    from napari_itaclip import engine
+    from napari_itaclip.cli.info import device_names
+
+    monkeypatch.setattr(engine, "device_choices", lambda: ["cuda", "cpu"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA H100")
+    assert device_names() == ["cuda (NVIDIA H100)", "cpu"]
+    monkeypatch.setattr(engine, "device_choices", lambda: ["cpu"])
+    assert device_names() == ["cpu"]
+
+
 def test_cache_shows_size_and_clears_only_text_features(tmp_path, capsys):
     root = tmp_path / "cache"  # NAPARI_ITACLIP_CACHE of this test
     (root / "text" / "model").mkdir(parents=True)

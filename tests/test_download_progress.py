@@ -1,11 +1,19 @@
 """load_clip(progress=...) / ITACLIP.from_pretrained(progress=...): the weights' download
-progress, through open_clip's own download code with a fake transfer (no network)."""
+progress, through open_clip's own download code with a fake transfer (no network), and the
+command line's bar that shows it."""
 
+import io
+import sys
+
+import numpy as np
 import open_clip
 import open_clip.pretrained as open_clip_pretrained
 import pytest
 from huggingface_hub.utils import tqdm as hub_tqdm
+from PIL import Image
 
+from napari_itaclip.cli import EXIT_OK, main
+from napari_itaclip.cli import progress as cli_progress
 from napari_itaclip.engine import ITACLIP, models
 
 TOTAL = 600 * 2**20
@@ -70,3 +78,35 @@ def test_url_downloads_report_too(monkeypatch):
         bar.update(600)
     assert events == [(0, 1000, "download"), (400, 1000, "download"), (1000, 1000, "download")]
     assert open_clip_pretrained.tqdm.__module__.startswith("tqdm")  # restored
+
+
+class Terminal(io.StringIO):
+    """stderr as a terminal: where the command line draws its bars."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_command_line_draws_the_download_on_stderr(fake_download, monkeypatch, tmp_path, quiet):
+    bars = []
+
+    class RecordedBar(cli_progress.DownloadBar):
+        def __call__(self, *event):
+            super().__call__(*event)
+            bars.append(self.bar)
+
+    monkeypatch.setattr(cli_progress, "DownloadBar", RecordedBar)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)
+    command = ["segment", str(image), "--classes", "a; b", "--out", str(tmp_path / "out")]
+    assert main([*command, "--device", "cpu", *(["--quiet"] if quiet else [])]) == EXIT_OK
+    assert fake_download  # the weights went through open_clip's download
+    if quiet:
+        assert "downloading weights" not in terminal.getvalue()
+    else:
+        assert bars[-1].n == bars[-1].total == TOTAL
+        assert "downloading weights: 100%" in terminal.getvalue()
+        assert "600M/600M" in terminal.getvalue()

@@ -81,27 +81,38 @@ def test_a_failed_download_becomes_weights_unavailable(monkeypatch):
         models.load_clip("ViT-B-16", "openai")
 
 
-def test_cached_weights_are_found_in_the_hub_cache(monkeypatch, tmp_path):
-    import huggingface_hub
-
-    cached = tmp_path / "open_clip_model.safetensors"
-    cached.write_bytes(b"")
-    asked = []
-
-    def lookup(repo, name):
-        asked.append((repo, name))
-        return str(cached) if name.endswith(".safetensors") else None
-
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lookup)
-    assert models.cached_weights_path("ViT-B-16", "openai") == str(cached)
-    assert models.weights_cached("ViT-B-16", "openai")
-    assert asked and all("/" in repo for repo, _ in asked)
+@pytest.mark.parametrize("key", list(models.KNOWN_WEIGHT_SOURCES))
+def test_known_weight_sources_are_open_clips_own_record(key):
+    assert models.KNOWN_WEIGHT_SOURCES[key] == models.WeightSource.from_open_clip(*key)
 
 
-def test_nothing_cached_means_none(monkeypatch, tmp_path):
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/clip archive either
+@pytest.mark.parametrize("lookup", ["known table", "open_clip's record"])
+@pytest.mark.parametrize("planted", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
+def test_cached_weights_are_found_where_open_clip_keeps_them(
+    lookup, planted, weight_caches, monkeypatch
+):
+    if lookup == "open_clip's record":
+        monkeypatch.setattr(models, "KNOWN_WEIGHT_SOURCES", {})
     assert models.cached_weights_path("ViT-B-16", "openai") is None
-    assert models._download_host("ViT-B-16", "openai")
+    path = weight_caches("timm/vit_base_patch16_clip_224.openai", planted)
+    assert models.cached_weights_path("ViT-B-16", "openai") == str(path)
+    assert models.weights_cached("ViT-B-16", "openai")
+
+
+def test_an_url_archive_counts_only_where_open_clip_reads_it(weight_caches, monkeypatch, tmp_path):
+    """open_clip downloads from the Hugging Face hub whenever a model has a hub source, so an
+    archive in its URL download folder (~/.cache/clip) is cached weights only without one."""
+    archive = tmp_path / "home" / ".cache" / "clip" / "ViT-B-16.pt"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"weights")
+    assert models.cached_weights_path("ViT-B-16", "openai") is None  # the hub would be asked
+    archive_only = models.WeightSource(url="https://openaipublic.azureedge.net/clip/ViT-B-16.pt")
+    monkeypatch.setitem(models.KNOWN_WEIGHT_SOURCES, ("ViT-B-16", "openai"), archive_only)
+    assert models.cached_weights_path("ViT-B-16", "openai") == str(archive)
+
+
+def test_download_host_is_the_hub_else_the_url_host(monkeypatch):
+    assert models._download_host("ViT-B-16", "openai") == "huggingface.co"
+    archive_only = models.WeightSource(url="https://openaipublic.azureedge.net/clip/ViT-B-16.pt")
+    monkeypatch.setitem(models.KNOWN_WEIGHT_SOURCES, ("ViT-B-16", "openai"), archive_only)
+    assert models._download_host("ViT-B-16", "openai") == "openaipublic.azureedge.net"

@@ -1,9 +1,15 @@
 """RunProgress: one bar for the whole run (planes x weighted stages), text that fits, and no
-event after Cancel."""
+event after Cancel; ActivityBar shows it as a napari progress bar (no viewer needed here)."""
 
 import pytest
 
-from napari_itaclip._run_progress import STAGE_SPANS, RunProgress, download_text, weights_name
+from napari_itaclip._run_progress import (
+    STAGE_SPANS,
+    ActivityBar,
+    RunProgress,
+    download_text,
+    weights_name,
+)
 
 
 def test_stack_fraction_is_plane_plus_weighted_stage_over_planes():
@@ -46,3 +52,22 @@ def test_texts_fit():
     assert weights_name("laion2b_s34b_b88k") == "laion2b_s34b_b88k"
     assert download_text(150 * 2**20, 600 * 2**20) == "downloading weights: 150 / 600 MB (25%)"
     assert download_text(5 * 2**20, 0) == "downloading weights: 5 MB"
+
+
+def test_activity_bar_is_one_run_progress_and_its_cancel_button_says_cancelling():
+    from napari.utils.progress import cancelable_progress, progress
+
+    bar = ActivityBar()
+    assert isinstance(bar.bar, cancelable_progress)  # napari shows a Cancel button for it
+    described = []
+    bar.bar.events.description.connect(lambda event: described.append(event.value))
+    bar(1, 2, "plane 1/2: refine")
+    assert bar.bar.n == round(1000 * (0.85 + 0.15 / 2) / 2)
+    assert described[-1] == "plane 1/2: refine 1/2"
+    assert not bar.cancelled()
+    bar.bar.cancel()  # what the dock's Cancel button calls
+    assert bar.cancelled() and described[-1] == "cancelling..."
+    bar(2, 2, "plane 1/2: refine")  # an event already on its way
+    assert described[-1] == "cancelling..."
+    bar.close()
+    assert bar.bar not in progress._all_instances  # napari's dock removes the bar

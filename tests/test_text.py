@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_itaclip.engine import text as text_stage
+from napari_itaclip.engine import text_cache_usage
 from napari_itaclip.engine.text import (
     TextFeatureCache,
     encode_tokens,
@@ -240,13 +241,13 @@ def test_cache_width_is_the_models_feature_width(tiny_clip):
 
 
 def test_cache_usage_counts_entries_and_all_bytes(tmp_path):
-    assert text_stage.text_cache_usage(tmp_path) == (0, 0)
+    assert text_cache_usage(tmp_path) == (0, 0)
     cache = TextFeatureCache("k", tmp_path)
     cache.put("cat", np.ones(8, np.float32))
     cache.put("dog", np.ones(8, np.float32))
     (tmp_path / "text" / "k" / "crashed.tmp").write_bytes(b"x" * 10)
     entry = cache._path("cat").stat().st_size
-    assert text_stage.text_cache_usage(tmp_path) == (2, 2 * entry + 10)
+    assert text_cache_usage(tmp_path) == (2, 2 * entry + 10)
 
 
 def test_prime_holds_valid_features_and_skips_bad_ones(tmp_path):

@@ -15,13 +15,14 @@ logger = logging.getLogger(__name__)
 
 def prepare_layer_building() -> None:
     """Do in a worker thread what adding the first result layers would otherwise do on the GUI
-    thread: napari builds a labels layer's features table with pandas and its colormap with
-    skimage.color (~370 modules to import, 170 ms with scipy), and vispy computes its line
+    thread: napari builds a labels layer's features table with pandas, its colormap with
+    skimage.color and its helpers with scipy.ndimage (~500 modules to import, 170 ms and
+    more), and vispy computes its line
     dash patterns for the labels layer's polygon overlay (~90 ms of Python loops, cached for
     the process once computed)."""
     from .engine import import_without_pauses
 
-    import_without_pauses("pandas", "skimage.color")
+    import_without_pauses("pandas", "skimage.color.colorconv", "scipy.ndimage")
     try:
         from vispy.visuals.line.dash_atlas import DashAtlas
     except ImportError:  # moved in another vispy: the GUI thread computes them, as before

@@ -12,14 +12,13 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QSizePolicy
 from superqt.utils import ensure_main_thread
 
-from ._run_progress import RunProgress
+from ._run_progress import PROGRESS_STEPS, RunProgress
 from .engine import Cancelled, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 
 NO_PROBABILITY = "none"
 PROGRESS_INTERVAL = 0.25
-PROGRESS_STEPS = 1000  # the bar's resolution
 RUN_TOOLTIP = "Segment the image into the classes with these parameters"
 # What matters first: a notification shows its first ~45 characters until expanded.
 OFFLINE = (

@@ -8,6 +8,8 @@ starts with "preview shown · ".
 stages, so a 3-plane stack reads 1/3 when its first plane is done) and one short line of
 text. It never goes back within a phase, and after `cancel` it ignores the events still on
 their way from the worker: the line says "cancelling..." until the run stops.
+`ActivityBar` shows a `RunProgress` in napari's activity dock (`api.segment_layer`'s bar),
+where its Cancel button stops the run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ STAGE_SPANS = {
 PREVIEW_SHOWN = "preview shown · "
 PLANE_STAGE = re.compile(r"plane (\d+)/(\d+): (.*)")
 MB = 1024 * 1024
+PROGRESS_STEPS = 1000  # a bar's resolution
 
 
 def weights_name(pretrained) -> str:
@@ -100,3 +103,59 @@ class RunProgress:
         floor = self.fraction if phase == self._phase else 0.0
         self._phase = phase
         self.fraction = max(floor, min(fraction, 1.0))
+
+
+def cancelable_napari_progress(total: int, desc: str, on_cancel):
+    """A napari progress bar whose Cancel button in the activity dock calls on_cancel() (napari
+    shows the button for its `cancelable_progress`, which on its own only sets a flag)."""
+    from napari.utils.progress import cancelable_progress
+
+    class CancelableProgress(cancelable_progress):
+        def cancel(self) -> None:
+            super().cancel()
+            on_cancel()
+
+    return CancelableProgress(total=total, desc=desc)
+
+
+class ActivityBar:
+    """A run's bar in napari's activity dock (tqdm on the terminal without a viewer): the
+    fraction and text of a `RunProgress`, one bar over planes x stages.
+
+    Call it as the engine's progress(done, total, stage); `cancelled` is the engine's cancel
+    check. Its Cancel button (or `cancel()`) makes the text "cancelling..." until `close()`,
+    which removes the bar from the dock.
+    """
+
+    def __init__(self):
+        self.state = RunProgress()
+        self.state.start()
+        self._text = self.state.text
+        self.bar = cancelable_napari_progress(PROGRESS_STEPS, self._text, self.cancel)
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        self.state.update(done, total, stage)
+        self._show()
+
+    def loading(self, model: str, pretrained) -> None:
+        self.state.loading(model, pretrained)
+        self._show()
+
+    def cancel(self) -> None:
+        self.state.cancel()
+        self._show()
+
+    def cancelled(self) -> bool:
+        return self.state.cancelling
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def _show(self) -> None:
+        # napari redraws the dock on every value and description event: only on changes
+        value = round(self.state.fraction * PROGRESS_STEPS)
+        if value != self.bar.n:
+            self.bar.update(value - self.bar.n)
+        if self.state.text != self._text:
+            self._text = self.state.text
+            self.bar.set_description(self._text)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from ._run_progress import ActivityBar
 from .corrections import pixel_examples
 from .engine import DEFAULT_MODEL, DEFAULT_PRETRAINED, prepare
 from .planes import MAX_CHANNELS, LayerPlanes, current_position, segment_planes
@@ -51,24 +52,6 @@ def auto_probability_downsample(
     return request.probability_factor(height, width, n_planes)
 
 
-class _NapariProgress:
-    """Adapts the engine's progress(done, total, stage) to a napari progress bar."""
-
-    def __init__(self):
-        from napari.utils import progress
-
-        self.bar = progress(total=0)
-
-    def __call__(self, done: int, total: int, stage: str) -> None:
-        self.bar.total = total
-        self.bar.n = done
-        self.bar.set_description(stage)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def segment_layer(
     viewer,
     layer,
@@ -92,7 +75,9 @@ def segment_layer(
     file or built-in set name). segmenter: an `ITACLIP` to use; else the shared one for model,
     pretrained (tag or weights file), device and precision (`segmenters.get_segmenter`: loaded
     once, reused by later calls and by the dock widget). progress: show a napari progress
-    bar. planes: "all" (every plane of a stack, one stacked output) or "current" (the plane the
+    bar (the activity dock in a viewer: one bar for the whole run, including a first download
+    of the weights; its Cancel button stops the run, which then raises `Cancelled`).
+    planes: "all" (every plane of a stack, one stacked output) or "current" (the plane the
     viewer shows). channel_axis, channels: map up to 3 channels of a multichannel layer to RGB.
     options: preset, aux_text, probability_downsample (None = automatic: within
     probability_budget_mb, default 512 MiB, over all planes together) and any preset
@@ -123,12 +108,26 @@ def segment_layer(
         options["examples"] = examples
     request = prepare(classes, **options)  # a bad class list fails before any model loads
     pixels = None if bank else pixel_examples(examples, source, request)
-    if segmenter is None:
-        segmenter = get_segmenter(model, pretrained, device, precision)
-    report = _NapariProgress() if progress else None
+    bar = ActivityBar() if progress else None
     try:
-        result = segment_planes(segmenter, source, request, progress=report, examples=pixels)
+        if segmenter is None:
+            segmenter = get_segmenter(
+                model,
+                pretrained,
+                device,
+                precision,
+                loading=bar and (lambda: bar.loading(model, pretrained)),
+                progress=bar,
+            )
+        result = segment_planes(
+            segmenter,
+            source,
+            request,
+            progress=bar,
+            cancel=bar and bar.cancelled,
+            examples=pixels,
+        )
     finally:
-        if report is not None:
-            report.close()
+        if bar is not None:
+            bar.close()
     return add_result_layers(viewer, result, layer)

@@ -133,13 +133,21 @@ def prepare_request(args) -> tuple[Request, dict]:
 
 
 def load_segmenter(args):
-    """The `ITACLIP` of the model options; a model that cannot be had is a CommandLineError."""
+    """The `ITACLIP` of the model options (a bar on stderr while its weights download); a
+    model that cannot be had is a CommandLineError."""
     from ..engine import ITACLIP, WeightsUnavailableError
+    from .progress import DownloadBar
 
     try:
-        return ITACLIP.from_pretrained(
-            args.model, args.pretrained, args.device, args.precision, batch_size=args.batch_size
-        )
+        with DownloadBar(quiet=args.quiet) as download:
+            return ITACLIP.from_pretrained(
+                args.model,
+                args.pretrained,
+                args.device,
+                args.precision,
+                batch_size=args.batch_size,
+                progress=download,
+            )
     except (ValueError, TypeError, WeightsUnavailableError) as exc:
         raise CommandLineError(str(exc)) from None
 

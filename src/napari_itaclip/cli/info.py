@@ -1,4 +1,8 @@
-"""`napari-itaclip info`: versions, devices, cache folder and where the weights come from."""
+"""`napari-itaclip info`: versions, devices, cache folder and where the weights come from.
+
+It answers in a fraction of a second: it imports neither torch nor open_clip (torch only to
+name the GPUs where there are some).
+"""
 
 from __future__ import annotations
 
@@ -40,17 +44,25 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
-def run(args) -> int:
-    import torch
+def device_names() -> list[str]:
+    """The devices, GPUs by name. torch is imported only where a GPU may be there: naming it
+    needs torch, whose answer then replaces the guess made without it."""
+    from ..engine import device_choices
 
+    devices, gpus = device_choices(), ""
+    if "cuda" in devices:
+        import torch
+
+        devices = device_choices()
+        gpus = ", ".join(
+            sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
+        )
+    return [f"cuda ({gpus})" if device == "cuda" else device for device in devices]
+
+
+def run(args) -> int:
     from .. import __version__
-    from ..engine import (
-        DEFAULT_MODEL,
-        DEFAULT_PRETRAINED,
-        available_devices,
-        text_cache_folder,
-        text_cache_usage,
-    )
+    from ..engine import DEFAULT_MODEL, DEFAULT_PRETRAINED, text_cache_folder, text_cache_usage
     from . import EXIT_OK
     from .cache import human_size
 
@@ -58,13 +70,7 @@ def run(args) -> int:
     print(f"python {platform.python_version()} on {platform.platform()}")
     for name in PACKAGES:
         print(f"{name} {_package_version(name)}")
-    devices = []
-    for device in available_devices():
-        if device == "cuda":
-            names = {torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
-            device = f"cuda ({', '.join(sorted(names))})"
-        devices.append(device)
-    print(f"devices: {', '.join(devices)}")
+    print(f"devices: {', '.join(device_names())}")
     entries, size = text_cache_usage()
     print(f"text-feature cache: {text_cache_folder()} ({entries} entries, {human_size(size)})")
     print(f"weights {DEFAULT_MODEL}/{DEFAULT_PRETRAINED}: {default_weights_status()}")

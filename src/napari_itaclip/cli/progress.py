@@ -1,5 +1,6 @@
 """Progress on the terminal: the `batch.BatchProgress` that the segment and evaluate commands
-give to the library loops."""
+give to the library loops, and the weights' download bar of every command that loads the
+model."""
 
 from __future__ import annotations
 
@@ -62,3 +63,41 @@ class TerminalProgress(BatchProgress):
 
     def write(self, message: str) -> None:
         self.images.write(message, file=sys.stderr)
+
+
+class DownloadBar:
+    """A bytes bar on stderr while the pretrained weights download: the engine's download
+    hook, progress(done_bytes, total_bytes, "download") (`ITACLIP.from_pretrained`).
+
+    Drawn from the first byte reported, so cached weights draw nothing; hidden like
+    `TerminalProgress`. Use it as a context manager (the bar is closed on the way out).
+    """
+
+    def __init__(self, *, quiet: bool):
+        self.hidden = quiet or not sys.stderr.isatty()
+        self.bar = None
+
+    def __enter__(self) -> DownloadBar:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        if self.bar is not None and done < self.bar.n:  # open_clip fetches another file
+            self.bar.close()
+            self.bar = None
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total or None,
+                desc="downloading weights",
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                disable=self.hidden,
+                file=sys.stderr,
+            )
+        self.bar.update(done - self.bar.n)

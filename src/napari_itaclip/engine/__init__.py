@@ -32,7 +32,7 @@ _MODULE_EXPORTS = {
     ),
     "precision": ("PRECISIONS",),
     "devices": ("device_choices",),
-    "text": ("cache_root", "text_cache_folder", "text_cache_usage"),
+    "cache_folders": ("cache_root", "text_cache_folder", "text_cache_usage"),
     "image": ("to_rgb_uint8",),
     "native_libraries": ("import_without_pauses", "preload_torch_libraries"),
 }

@@ -10,6 +10,7 @@ import warnings
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 - their old home
@@ -93,12 +94,10 @@ def _missing_weights_message(model: str, pretrained: str, exc: BaseException) ->
 def _download_host(model: str, pretrained: str) -> str | None:
     from urllib.parse import urlparse
 
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(model, pretrained)
-    if cfg.get("hf_hub"):
+    source = weight_source(model, pretrained)
+    if source.hub_repo:
         return "huggingface.co"
-    return urlparse(cfg.get("url", "")).hostname
+    return urlparse(source.url or "").hostname
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:
@@ -113,28 +112,67 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class WeightSource:
+    """Where open_clip gets pretrained weights: a local file, or the files it tries in a
+    Hugging Face hub repository (in its order: safetensors first), or a URL archive that
+    it keeps under ~/.cache/clip."""
+
+    file: str | None = None
+    hub_repo: str | None = None
+    hub_files: tuple[str, ...] = ()
+    url: str | None = None
+
+    @classmethod
+    def from_open_clip(cls, model: str, pretrained: str) -> WeightSource:
+        """open_clip's own record of these weights (importing open_clip takes seconds)."""
+        import open_clip
+        from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+        cfg = open_clip.get_pretrained_cfg(model, pretrained)
+        hub_repo, hub_files = None, ()
+        if cfg.get("hf_hub"):
+            hub_repo, filename = os.path.split(cfg["hf_hub"])
+            filename = filename or HF_WEIGHTS_NAME
+            hub_files = (*_get_safe_alternatives(filename), filename)
+        return cls(cfg.get("file"), hub_repo, hub_files, cfg.get("url"))
+
+
+# open_clip's record of the default weights, so that `napari-itaclip info` says whether they
+# are cached without importing open_clip; tests/test_models.py checks every entry against
+# `WeightSource.from_open_clip`.
+KNOWN_WEIGHT_SOURCES = {
+    (DEFAULT_MODEL, DEFAULT_PRETRAINED): WeightSource(
+        hub_repo="timm/vit_base_patch16_clip_224.openai",
+        hub_files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+        url="https://openaipublic.azureedge.net/clip/models/"
+        "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    ),
+}
+
+
+def weight_source(model: str, pretrained: str) -> WeightSource:
+    known = KNOWN_WEIGHT_SOURCES.get((model, pretrained))
+    return known if known is not None else WeightSource.from_open_clip(model, pretrained)
+
+
 def cached_weights_path(
     model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED
 ) -> str | None:
     """The file open_clip would load these pretrained weights from without downloading, if any."""
-    import open_clip
-    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
-
-    cfg = open_clip.get_pretrained_cfg(model, pretrained)
-    if cfg.get("file"):
-        return cfg["file"] if os.path.isfile(cfg["file"]) else None
-    if cfg.get("hf_hub"):
+    source = weight_source(model, pretrained)
+    if source.file:
+        return source.file if os.path.isfile(source.file) else None
+    if source.hub_repo:
         from huggingface_hub import try_to_load_from_cache
 
-        repo, filename = os.path.split(cfg["hf_hub"])
-        filename = filename or HF_WEIGHTS_NAME
-        for name in [*_get_safe_alternatives(filename), filename]:
-            cached = try_to_load_from_cache(repo, name)
+        for name in source.hub_files:
+            cached = try_to_load_from_cache(source.hub_repo, name)
             if isinstance(cached, str):
                 return cached
-    if cfg.get("url"):
-        # open_clip's download folder for OpenAI archives when the Hugging Face hub is not used.
-        archive = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
+    elif source.url:
+        # open_clip's download folder for archives; with a hub source it is never read.
+        archive = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(source.url)
         if archive.is_file():
             return str(archive)
     return None

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import image as image_stage
+from .cache_folders import cache_root
 from .classes import ClassList
 from .device_sync import synchronize
 from .encoder import check_supported, pack_linear_weights, patch_size
@@ -44,7 +45,7 @@ from .refine import DEFAULT_BAND_MEMORY_MB
 from .request import Request, prepare
 from .result import SegmentationResult, package_version
 from .run import Run, checked_examples, checkpoint_for, finish_run, image_features, make_bank
-from .text import TextFeatureCache, cache_root, fuse_aux_text, query_features, weights_fingerprint
+from .text import TextFeatureCache, fuse_aux_text, query_features, weights_fingerprint
 from .window_encoding import encode_windows
 from .windows import N_VIEWS
 

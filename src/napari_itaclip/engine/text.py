@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CACHE_ENV = "NAPARI_ITACLIP_CACHE"
+from .cache_folders import text_cache_folder
+
 # Part of every cache key: bump it when what an entry holds or how it is computed changes.
 CACHE_FORMAT = 2
 # Temporary files older than this were left by a process that died while writing.
@@ -30,21 +31,6 @@ def templates():
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     return OPENAI_IMAGENET_TEMPLATES
-
-
-def cache_root() -> Path:
-    """The on-disk cache folder: $NAPARI_ITACLIP_CACHE, else the platform's user cache."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("napari-itaclip"))
-
-
-def text_cache_folder(root: Path | None = None) -> Path:
-    """The folder holding all cached text features (one sub-folder per model)."""
-    return (root or cache_root()) / "text"
 
 
 def text_tower_fingerprint(model) -> str:
@@ -169,20 +155,6 @@ def text_feature_width(model) -> int:
     tokens = torch.zeros(1, context, dtype=torch.long, device=next(model.parameters()).device)
     with torch.no_grad():
         return int(encode_tokens(model, tokens).shape[-1])
-
-
-def text_cache_usage(root: Path | None = None) -> tuple[int, int]:
-    """(cached query features, bytes of every file) in the text-feature cache folder."""
-    folder = text_cache_folder(root)
-    entries = size = 0
-    for path in folder.rglob("*"):
-        try:
-            if path.is_file():
-                size += path.stat().st_size
-                entries += path.suffix == ".npy"
-        except OSError:  # removed meanwhile by another process
-            continue
-    return entries, size
 
 
 class TextFeatureCache:
