@@ -7,6 +7,11 @@ the target is no gap above 250 ms (docs/performance.md has the figures).
 
     xvfb-run -a python benchmarks/bench_gui.py            # full-size ViT-B/16, random weights
     xvfb-run -a python benchmarks/bench_gui.py --tiny     # the test suite's tiny model
+    xvfb-run -a python benchmarks/bench_gui.py --why 150  # and what ran at each gap > 150 ms
+
+--why arms `faulthandler.dump_traceback_later` on every timer tick: a watchdog thread that
+needs no GIL prints every thread's stack when the next tick is late, which shows what held
+the GIL (or kept the GUI thread busy) during a stall.
 
 The same scenario runs in tests/test_user_order.py with a loose bound that catches
 regressions (a one-second freeze) without making the suite depend on machine load.
@@ -48,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random model")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--why", type=float, metavar="MS", help="print the stacks at gaps > MS")
     args = parser.parse_args()
     sys.path.insert(0, str(TESTS))
     from test_user_order import RESPONSIVENESS, run_script
@@ -55,7 +61,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         weights = weights_file(Path(folder), args.tiny)
         for round_ in range(1, args.rounds + 1):
-            out = run_script("import napari\n" + RESPONSIVENESS, weights)
+            watchdog = f"WATCHDOG_S = {args.why / 1000 if args.why else None}\n"
+            out = run_script(watchdog + "import napari\n" + RESPONSIVENESS, weights)
+            if args.why:
+                print(out.split("GAPS", 1)[0])
             gaps = np.array(json.loads(out.split("GAPS", 1)[1]))
             print(
                 f"round {round_}: {len(gaps)} ticks, median {np.median(gaps):.1f} ms, "

@@ -164,7 +164,8 @@ def test_docking_the_widget_does_not_import_torch(tiny_weights):
 
 
 RESPONSIVENESS = """
-import json, time
+import faulthandler, json, sys, time
+WATCHDOG_S = globals().get("WATCHDOG_S")
 import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
@@ -181,7 +182,11 @@ spin(1.0)  # the new window's first paints
 ticks = []
 timer = QTimer()
 timer.setInterval(5)
-timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+def tick():
+    ticks.append(time.perf_counter())
+    if WATCHDOG_S:  # benchmarks/bench_gui.py --why: every thread's stack when a tick is late
+        faulthandler.dump_traceback_later(WATCHDOG_S, file=sys.stdout)
+timer.timeout.connect(tick)
 timer.start()
 _, widget = viewer.window.add_plugin_dock_widget("napari-itaclip", "ITACLIP segmentation")
 widget.weights.value = WEIGHTS
@@ -196,6 +201,7 @@ while widget.running and time.monotonic() < deadline:
     time.sleep(0.002)
 spin(0.5)
 timer.stop()
+faulthandler.cancel_dump_traceback_later()
 assert "photo labels" in [layer.name for layer in viewer.layers]
 gaps = (np.diff(ticks) * 1000).tolist()
 print("GAPS", json.dumps(gaps))
