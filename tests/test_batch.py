@@ -182,7 +182,8 @@ def test_outputs_go_to_tiff_above_256_classes_and_label_ids_are_class_ids(tmp_pa
     outputs = planned_outputs(tmp_path / "photo", {"png", "bundle"}, 300, overlay=True)
     assert outputs["tif"] == tmp_path / "photo_labels.tif" and "png" not in outputs
     image = np.zeros((24, 30, 3), np.uint8)
-    write_outputs(outputs, result, LayerPlanes.from_array(image), "photo.png")
+    request = prepare("; ".join(names), background=False)
+    write_outputs(outputs, result, LayerPlanes.from_array(image), "photo.png", request)
     np.testing.assert_array_equal(tifffile.imread(outputs["tif"]), labels)
     assert load_bundle(outputs["bundle"]).label_image.max() == 300  # label ids: class id + 1
     overlay = np.asarray(Image.open(outputs["overlay"]))

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from PIL import Image
 from napari_itaclip.batch import BatchProgress, SegmenterSpec, segment_files
 from napari_itaclip.bundle import SUFFIX, load_bundle
 from napari_itaclip.engine import prepare
-from napari_itaclip.io import find_images, read_image, stored_shape
+from napari_itaclip.io import LABEL_METADATA_KEY, find_images, read_image, stored_shape
+from napari_itaclip.label_store import partial_folder
 from test_batch import CLASSES, SETTINGS, H, W
 
 distributed = pytest.importorskip("distributed")
@@ -313,3 +315,151 @@ def test_a_worker_killed_mid_run_loses_no_image_and_duplicates_no_output(
     )
     client.wait_for_workers(2, timeout=60)
     assert set(client.run(os.getpid).values()) != set(before.values())  # one was replaced
+
+
+# ------------------------------------------------------------------ zarr label stores
+@contextmanager
+def patched_segment(client, fail_on: float | None = None):
+    """Every worker's `ITACLIP.segment` counted, and failing on the plane whose mean is
+    `fail_on`; yields a function that sums the calls since."""
+
+    def patch(fail_on):
+        from napari_itaclip.engine.segmenter import ITACLIP
+
+        original = getattr(ITACLIP.segment, "original", ITACLIP.segment)
+
+        def segment(self, image, request, **kwargs):
+            segment.calls += 1
+            if fail_on is not None and np.isclose(image.mean(), fail_on):
+                raise RuntimeError("out of memory on this plane")
+            return original(self, image, request, **kwargs)
+
+        segment.calls, segment.original = 0, original
+        ITACLIP.segment = segment
+
+    def calls():
+        from napari_itaclip.engine.segmenter import ITACLIP
+
+        return ITACLIP.segment.calls
+
+    def restore():
+        from napari_itaclip.engine.segmenter import ITACLIP
+
+        ITACLIP.segment = ITACLIP.segment.original
+
+    client.run(patch, fail_on)
+    try:
+        yield lambda: sum(client.run(calls).values())
+    finally:
+        client.run(restore)
+
+
+@contextmanager
+def no_assembly_on_workers(client):
+    """Fail any task that assembles a stacked result (a whole stack in one worker)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the stack was assembled")
+
+    def patch():
+        from napari_itaclip import batch, cluster
+
+        batch.original_segment_planes = batch.segment_planes
+        cluster.OriginalPlaneStack = cluster.PlaneStack
+        batch.segment_planes = cluster.PlaneStack = refuse
+
+    def restore():
+        from napari_itaclip import batch, cluster
+
+        batch.segment_planes = batch.original_segment_planes
+        cluster.PlaneStack = cluster.OriginalPlaneStack
+
+    client.run(patch)
+    try:
+        yield
+    finally:
+        client.run(restore)
+
+
+@pytest.mark.slow
+def test_cluster_writes_zarr_stores_of_the_in_process_tiffs_without_assembling(
+    tmp_path, client, spec, request_
+):
+    images = make_images(tmp_path / "in", n=1)  # photo0.png, stack.tif, volume.zarr, broken
+    local = segment_files(images, request_, tmp_path / "local", segmenter=spec, formats=["tif"])
+    with no_assembly_on_workers(client), distributed.get_task_stream(client) as tasks:
+        remote = segment_files(
+            images,
+            request_,
+            tmp_path / "dask",
+            segmenter=spec,
+            client=client,
+            formats=["zarr"],
+            images_per_task=1,
+        )
+
+    assert remote.written == local.written == images[:-1] and remote.failed == local.failed
+    # each plane of the two stacks was a task of its own, which wrote it into the store
+    names = [task["key"].split("-", 1)[0] for task in tasks.data]
+    assert names.count("write_plane_chunk") == 6 and names.count("finish_stack") == 2
+    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == sorted(
+        f"{stem}{suffix}"
+        for stem in ("photo0", "stack", "volume")
+        for suffix in ("_labels.zarr", "_overlay.png")
+    )
+    for stem in ("photo0", "stack", "volume"):
+        stored = zarr.open_array(tmp_path / "dask" / f"{stem}_labels.zarr", mode="r")
+        expected = tifffile.imread(tmp_path / "local" / f"{stem}_labels.tif")
+        np.testing.assert_array_equal(stored[...], expected, err_msg=stem)
+        assert stored.attrs[LABEL_METADATA_KEY]["class_names"] == ["background", "cat", "dog"]
+        overlay = f"{stem}_overlay.png"
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "dask" / overlay)),
+            np.asarray(Image.open(tmp_path / "local" / overlay)),
+        )
+
+
+@pytest.mark.slow
+def test_cluster_resumes_a_failed_zarr_store_plane_by_plane(tmp_path, client, spec, request_):
+    data = random_image(12, (3, H, W))
+    path = tmp_path / "in" / "stack.tif"
+    path.parent.mkdir()
+    tifffile.imwrite(path, data, photometric="minisblack")
+    out = tmp_path / "out"
+    store = out / "stack_labels.zarr"
+    partial = partial_folder(store)
+    run = {"segmenter": spec, "client": client, "formats": ["zarr"], "images_per_task": 1}
+
+    with patched_segment(client, fail_on=data[1].mean()):
+        first = segment_files([path], request_, out, **run)
+    assert "out of memory on this plane" in first.failed[path]
+    assert not store.exists() and partial.is_dir()  # kept, to be resumed
+    # Planes 0 and 2 are done: a sentinel planted in 0 must survive. Plane 1 holds data as a
+    # worker killed mid-write leaves it (no marker): it must be replaced.
+    array = zarr.open_array(partial / "labels.zarr", mode="r+")
+    array[0] = 7
+    array[1] = 9
+
+    with patched_segment(client) as calls:
+        again = segment_files([path], request_, out, **run)
+        assert again.written == [path] and calls() == 1
+
+    expected = segment_files([path], request_, tmp_path / "tif", segmenter=spec, formats=["tif"])
+    assert expected.written == [path]
+    labels, tiff = (
+        zarr.open_array(store, mode="r")[...],
+        tifffile.imread(tmp_path / "tif" / "stack_labels.tif"),
+    )
+    assert (labels[0] == 7).all()
+    np.testing.assert_array_equal(labels[1:], tiff[1:])
+    assert not partial.exists()
+
+    # A finished store is never rewritten; a partial folder left beside it (a writer killed
+    # between the final rename and the clean-up) is removed.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    (partial / "planes").mkdir(parents=True)
+    with patched_segment(client) as calls:
+        finished = segment_files([path], request_, out, **run)
+        assert finished.skipped == [path] and calls() == 0
+    assert not partial.exists()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

@@ -9,6 +9,7 @@ it writes, under the output folder and the image's sub-folder (see `io.find_imag
   than `io.PNG_MAX_CLASSES` classes, which a PNG cannot hold;
 - `NAME_labels.tif`: TIFF of class ids, (*stack, H, W) ("tif");
 - `NAME.itaclip`: the result bundle ("bundle");
+- `NAME_labels.zarr`: zarr array of class ids, (*stack, H, W) ("zarr", `label_store.py`);
 - `NAME_overlay.png`: the image with its classes blended in; for a stack, its middle plane.
 
 An output that exists is kept unless `overwrite`; an image is complete when all its outputs
@@ -16,6 +17,12 @@ exist, and then skipped without being read; an image with some outputs missing i
 again and only the missing ones are written. Files are written atomically (`io.replacing`),
 so an interrupted run never leaves a truncated output. A failing image is reported and
 skipped; KeyboardInterrupt stops the batch.
+
+The label TIFF and the bundle hold a stack whole in memory. When only the zarr store and the
+overlay are missing, the planes are segmented one at a time and each is written into the
+store as it comes (a store left partial by an interrupted run is resumed: its written planes
+are not segmented again), and the overlay's plane is read back from the store; with neither
+a store nor an assembled output, only the overlay's plane is segmented.
 
 Given a `distributed.Client`, `segment_files` runs the same per-image function
 (`segment_image`) on the cluster's workers (`cluster.py`); nothing of dask is imported
@@ -34,6 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import label_store
 from .io import (
     PNG_MAX_CLASSES,
     ImageFile,
@@ -45,10 +53,20 @@ from .io import (
     write_label_tiff,
     write_overlay,
 )
-from .planes import LayerPlanes, segment_planes
+from .label_store import LabelStore
+from .labels import label_id_dtype
+from .planes import LayerPlanes, plane_request, plane_results, segment_planes
 
-OUTPUT_FORMATS = ("png", "tif", "bundle")
+OUTPUT_FORMATS = ("png", "tif", "bundle", "zarr")
 DEFAULT_FORMATS = ("png", "bundle")
+# Outputs written from one plane's labels at a time: an image that needs only these is never
+# held whole in memory.
+STREAMED_OUTPUTS = frozenset({"zarr", "overlay"})
+# Outputs of a stack made from its whole stacked result, held in memory (a stack's "png" is a
+# "tif").
+ASSEMBLED_OUTPUTS = frozenset({"tif", "bundle"})
+# Above this size of a stack's labels, a note recommends the zarr format over TIFF and bundle.
+BIG_STACK_BYTES = 2 * 2**30
 
 
 def describe_error(exc: BaseException) -> str:
@@ -103,10 +121,29 @@ class Reporting:
     """Turns `ImageOutcome`s into the `BatchReport` and the progress calls, for the
     in-process loop and the cluster alike."""
 
-    def __init__(self, out: Path, formats: tuple[str, ...], progress: BatchProgress):
+    def __init__(
+        self, out: Path, formats: tuple[str, ...], n_classes: int, progress: BatchProgress
+    ):
         self.report = BatchReport(out)
         self.progress = progress
         self._note_stacks = "png" in formats
+        self._note_big_stacks = True
+        self._label_bytes = label_id_dtype(n_classes, background=True).itemsize
+
+    def planned(self, path: Path, outputs: dict[str, Path], layout) -> None:
+        """An image is about to be segmented for `outputs` (`layout`: its `stored_layout`):
+        a stack too big to hold whole gets a note recommending zarr, once per batch."""
+        if not (self._note_big_stacks and layout is not None and layout.stack_shape):
+            return
+        assembled = sorted(ASSEMBLED_OUTPUTS & set(outputs))
+        size = math.prod(layout.stack_shape) * math.prod(layout.plane_shape) * self._label_bytes
+        if assembled and size > BIG_STACK_BYTES:
+            self._note_big_stacks = False
+            self.progress.note(
+                f"{path.name}: its labels are {size / 2**30:.1f} GiB, held whole in memory for "
+                f"the {' and '.join(assembled)} output; --format zarr (alone) writes big stacks "
+                "plane by plane"
+            )
 
     def record(self, outcome: ImageOutcome) -> None:
         path = outcome.path
@@ -151,10 +188,27 @@ class SegmenterSpec:
         )
 
 
+def layout_of(shape: tuple[int, ...], name: str = "image") -> LayerPlanes:
+    """The planes of an image of this shape, as `LayerPlanes.from_array` sees them, on a
+    zero-byte stand-in array (for their shapes only)."""
+    return LayerPlanes.from_array(np.broadcast_to(np.uint8(0), shape), name=name)
+
+
 def stack_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The stack axes' sizes of an image of this shape, as `LayerPlanes.from_array` sees it
-    (empty for one plane); the array is a zero-byte stand-in."""
-    return LayerPlanes.from_array(np.broadcast_to(np.uint8(0), shape)).stack_shape
+    """The stack axes' sizes of an image of this shape (empty for one plane)."""
+    return layout_of(shape).stack_shape
+
+
+def stored_layout(path: Path) -> LayerPlanes | None:
+    """The planes of the image file at `path` (`layout_of`) from its header, no pixels read;
+    None for a format without one (a single plane)."""
+    shape = stored_shape(path)
+    return None if shape is None else layout_of(shape, Path(path).name)
+
+
+def label_store_path(stem: Path) -> Path:
+    """The zarr label store of the image with this output stem."""
+    return stem.with_name(stem.name + label_store.SUFFIX)
 
 
 def planned_outputs(
@@ -172,19 +226,40 @@ def planned_outputs(
         outputs["tif"] = stem.with_name(f"{stem.name}_labels.tif")
     if "bundle" in formats:
         outputs["bundle"] = stem.with_name(stem.name + SUFFIX)
+    if "zarr" in formats:
+        outputs["zarr"] = label_store_path(stem)
     if overlay:
         outputs["overlay"] = stem.with_name(f"{stem.name}_overlay.png")
     return outputs
 
 
-def write_outputs(outputs: dict[str, Path], result, planes: LayerPlanes, source_name: str):
-    """Write `result` (of `planes`, from `segment_planes`) to the `planned_outputs`."""
+def middle_plane(planes: LayerPlanes) -> tuple[int, ...]:
+    """The stack index of the plane an overlay shows (the middle one in stack order)."""
+    indices = planes.indices()
+    return indices[len(indices) // 2]
+
+
+def label_store_of(path: Path, planes: LayerPlanes) -> LabelStore:
+    """The zarr label store at `path` of an image of these planes."""
+    return LabelStore(path, planes.stack_shape, planes.plane_shape)
+
+
+def open_label_store(path: Path, planes: LayerPlanes, request, *, restart: bool) -> LabelStore:
+    """The zarr label store `path` of `planes`, ready for writing (resumed unless `restart`)."""
+    return label_store_of(path, planes).open(
+        request.class_names, request.class_list.background, request.record(), restart=restart
+    )
+
+
+def write_outputs(outputs: dict[str, Path], result, planes: LayerPlanes, source_name: str, request):
+    """Write `result` (of `planes`, from `segment_planes` with `request`) to the
+    `planned_outputs`."""
     from .bundle import save_bundle
 
     def write_overlay_of_middle_plane(path):
-        indices = planes.indices()
-        index = indices[len(indices) // 2]
-        write_overlay(path, planes.read(index), result.labels[index], result)
+        index = middle_plane(planes)
+        labels = result.labels[index]
+        write_overlay(path, planes.read(index), labels, result.n_classes, result.background)
 
     writers = {
         "png": lambda path: write_label_png(path, result),
@@ -193,8 +268,59 @@ def write_outputs(outputs: dict[str, Path], result, planes: LayerPlanes, source_
         "overlay": write_overlay_of_middle_plane,
     }
     for kind, path in outputs.items():
+        if kind == "zarr":  # a folder, made atomic by the store itself
+            store = open_label_store(path, planes, request, restart=True)
+            for index in store.indices():
+                store.write(index, result.labels[index])
+            store.finish()
+            continue
         with replacing(path) as temporary:
             writers[kind](temporary)
+
+
+def streams(outputs: dict[str, Path]) -> bool:
+    """Whether `outputs` are written plane by plane (`write_planes`, `finish_streamed`)."""
+    return set(outputs) <= STREAMED_OUTPUTS
+
+
+def write_planes(
+    store: LabelStore, planes: LayerPlanes, request, segmenter, indices, progress=None
+):
+    """Segment the planes at `indices` one at a time, each written into `store` as it comes."""
+    for index, result in plane_results(
+        segmenter, planes, plane_request(planes, request), indices, progress=progress
+    ):
+        store.write(index, result.labels)
+
+
+def finish_streamed(
+    outputs: dict[str, Path],
+    planes: LayerPlanes,
+    request,
+    zarr_path: Path | None,
+    load_segmenter: Callable[[], object],
+    progress=None,
+) -> None:
+    """Once every plane is in the zarr store `zarr_path` (None when "zarr" is not asked for):
+    give it its final name, then write the overlay of the middle plane from the store (with no
+    store, that plane alone is segmented)."""
+    if "zarr" in outputs:
+        label_store_of(zarr_path, planes).finish()
+    if "overlay" not in outputs:
+        return
+    index = middle_plane(planes)
+    if zarr_path is not None:
+        labels = label_store_of(zarr_path, planes).read(index)
+    else:
+        as_in_the_stack = plane_request(planes, request)
+        [(_, result)] = plane_results(
+            load_segmenter(), planes, as_in_the_stack, [index], progress=progress
+        )
+        labels = result.labels
+    with replacing(outputs["overlay"]) as temporary:
+        write_overlay(
+            temporary, planes.read(index), labels, request.n_classes, request.class_list.background
+        )
 
 
 def _image_files(images) -> list[ImageFile]:
@@ -230,17 +356,30 @@ def image_jobs(images, out: Path) -> Iterator[ImageJob]:
         yield ImageJob(path, stem, error)
 
 
+def read_planes(job: ImageJob) -> LayerPlanes:
+    """The planes of `job`'s image, read as they are segmented (a TIFF or zarr stack is
+    never read whole)."""
+    return LayerPlanes.from_array(read_image(job.path, lazy=True), name=job.path.name)
+
+
 def missing_outputs(
     job: ImageJob, request, formats, overlay: bool, overwrite: bool
-) -> tuple[dict[str, Path], tuple[int, ...]]:
+) -> tuple[dict[str, Path], LayerPlanes | None]:
     """The outputs of `job` to write (all with `overwrite`, else those that do not exist)
-    and the image's stack shape, from a TIFF's header (no pixels are read)."""
-    shape = stored_shape(job.path)
-    stack = () if shape is None else stack_shape(shape)
-    outputs = planned_outputs(job.stem, formats, request.n_classes, overlay, bool(stack))
+    and the image's `stored_layout`, from a TIFF's or zarr's header (no pixels are read)."""
+    layout = stored_layout(job.path)
+    stack = bool(layout is not None and layout.stack_shape)
+    outputs = planned_outputs(job.stem, formats, request.n_classes, overlay, stack)
+    if "zarr" in formats:
+        label_store.remove_leftover_partial(label_store_path(job.stem))
     if not overwrite:
         outputs = {kind: p for kind, p in outputs.items() if not p.exists()}
-    return outputs, stack
+    return outputs, layout
+
+
+def zarr_output(job: ImageJob, formats) -> Path | None:
+    """The zarr label store of `job`, when "zarr" is one of `formats`."""
+    return label_store_path(job.stem) if "zarr" in formats else None
 
 
 def segment_image(
@@ -252,6 +391,7 @@ def segment_image(
     overlay: bool,
     overwrite: bool,
     progress=None,
+    planned: Callable[[Path, dict, LayerPlanes | None], None] | None = None,
 ) -> ImageOutcome:
     """Segment one image and write its missing outputs: what `segment_files` does per image,
     in-process or on a cluster worker. A failure is returned (not raised); KeyboardInterrupt
@@ -259,17 +399,27 @@ def segment_image(
 
     load_segmenter: returns the `ITACLIP`; called only when the image is not complete.
     progress: the engine's progress(done, total, stage).
+    planned: told (path, outputs, stored layout) before the image is segmented.
     """
     try:
         if job.error is not None:
             raise job.error
-        outputs, stack = missing_outputs(job, request, formats, overlay, overwrite)
+        outputs, layout = missing_outputs(job, request, formats, overlay, overwrite)
         if not outputs:
             return ImageOutcome(job.path, "skipped")
-        planes = LayerPlanes.from_array(read_image(job.path), name=job.path.name)
-        result = segment_planes(load_segmenter(), planes, request, progress=progress)
-        write_outputs(outputs, result, planes, job.path.name)
-        return ImageOutcome(job.path, "written", math.prod(stack))
+        if planned is not None:
+            planned(job.path, outputs, layout)
+        planes = read_planes(job)
+        if streams(outputs):
+            zarr_path = zarr_output(job, formats)
+            if "zarr" in outputs:
+                store = open_label_store(zarr_path, planes, request, restart=overwrite)
+                write_planes(store, planes, request, load_segmenter(), store.missing(), progress)
+            finish_streamed(outputs, planes, request, zarr_path, load_segmenter, progress)
+        else:
+            result = segment_planes(load_segmenter(), planes, request, progress=progress)
+            write_outputs(outputs, result, planes, job.path.name, request)
+        return ImageOutcome(job.path, "written", math.prod(planes.stack_shape))
     except Exception as exc:
         return ImageOutcome(job.path, "failed", error=exc)
 
@@ -316,8 +466,10 @@ def segment_files(
     unknown = sorted(set(formats) - set(OUTPUT_FORMATS))
     if unknown:
         raise ValueError(f"unknown output formats {unknown}; choose from {list(OUTPUT_FORMATS)}")
+    if "zarr" in formats:
+        label_store.check_zarr_installed()
     check_output_folder(out)
-    reporting = Reporting(out, formats, progress or BatchProgress())
+    reporting = Reporting(out, formats, request.n_classes, progress or BatchProgress())
     options = {"formats": formats, "overlay": overlay, "overwrite": overwrite}
     if client is not None:
         from .cluster import segment_on_cluster
@@ -344,7 +496,12 @@ def segment_files(
     for job in image_jobs(images, out):
         reporting.progress.start(job.path.name)
         outcome = segment_image(
-            job, request, load_segmenter=load, progress=reporting.progress.engine, **options
+            job,
+            request,
+            load_segmenter=load,
+            progress=reporting.progress.engine,
+            planned=reporting.planned,
+            **options,
         )
         reporting.record(outcome)
     return reporting.report

@@ -10,13 +10,21 @@ so it loads only when a client is given.
   cache.
 - 2D images go to `segment_batch` in tasks of `images_per_task`; it runs `batch.segment_image`,
   the in-process loop's function, so the worker writes the same files, atomically. A stack is
-  split into tasks of planes (`segment_plane_chunk`), gathered by one more task (`write_stack`)
-  into `planes.PlaneStack` and written as in-process.
-- At most two tasks per worker thread are in flight: new ones are submitted as old ones
-  finish (`distributed.as_completed`), so a folder of 100k images is never 100k futures.
+  split into tasks of planes, then one more task finishes it:
+  - for a zarr label store alone (and the overlay), the client makes the partial store (or
+    finds it, to resume) and each task writes its planes into it (`write_plane_chunk`): no
+    process holds the stack; `finish_stack` gives the store its final name, as in-process;
+  - for a label TIFF or a bundle, the tasks return their planes' results
+    (`segment_plane_chunk`) and `write_stack` gathers them into `planes.PlaneStack` and
+    writes as in-process.
+- At most two tasks per worker thread are in flight (a stack's plane tasks too): new ones are
+  submitted as old ones finish (`distributed.as_completed`), so a folder of 100k images, or
+  a stack of 100k planes, is never 100k futures.
 - A worker lost mid-task: the scheduler runs its tasks elsewhere; images it finished are
   complete and skipped, and outputs are replaced atomically, so none is written in part or
-  twice. The temporary files of a worker killed while writing are removed at the end.
+  twice (a plane of a zarr store is marked written only after its data). The temporary files
+  of a worker killed while writing are removed at the end; partial zarr stores are kept, to
+  be resumed, until their store is finished.
 """
 
 from __future__ import annotations
@@ -33,18 +41,24 @@ import numpy as np
 from distributed import Client, LocalCluster, as_completed
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from . import label_store
 from .batch import (
     ImageJob,
     ImageOutcome,
     SegmenterSpec,
     describe_error,
+    finish_streamed,
     missing_outputs,
+    open_label_store,
     planned_outputs,
+    read_planes,
     segment_image,
+    streams,
     write_outputs,
+    write_planes,
+    zarr_output,
 )
-from .io import read_image
-from .planes import LayerPlanes, PlaneStack
+from .planes import PlaneStack, plane_request, plane_results
 
 PLUGIN_NAME = "napari-itaclip-segmenter"
 # A task that raises (not an image that fails: that is an outcome) is tried this many more
@@ -136,26 +150,51 @@ def segment_batch(setup: RunSetup, jobs: list[ImageJob], options: dict) -> list[
 
 def segment_plane_chunk(setup: RunSetup, job: ImageJob, indices: list[tuple[int, ...]]):
     """A task: [(stack index, engine result)] of some planes of a stack."""
-    planes = LayerPlanes.from_array(read_image(job.path), name=job.path.name)
-    plane_request = PlaneStack(planes, setup.request).plane_request
-    segmenter = setup.segmenter()
-    return [(index, segmenter.segment(planes.read(index), plane_request)) for index in indices]
+    planes = read_planes(job)
+    request = plane_request(planes, setup.request)
+    return list(plane_results(setup.segmenter(), planes, request, indices))
+
+
+def write_plane_chunk(setup: RunSetup, job: ImageJob, store, indices: list[tuple[int, ...]]):
+    """A task: segment some planes of a stack and write them into its zarr `store`."""
+    write_planes(store, read_planes(job), setup.request, setup.segmenter(), indices)
+    return len(indices)
+
+
+def _finish(setup: RunSetup, job: ImageJob, options: dict, write) -> ImageOutcome:
+    """The outcome of write(missing outputs, planes) for a stack whose planes are done."""
+    try:
+        outputs, _ = missing_outputs(job, setup.request, **options)
+        if not outputs:  # written by an earlier try of this task
+            return ImageOutcome(job.path, "skipped")
+        planes = read_planes(job)
+        write(outputs, planes)
+        return ImageOutcome(job.path, "written", math.prod(planes.stack_shape))
+    except Exception as exc:
+        return _portable(ImageOutcome(job.path, "failed", error=exc))
 
 
 def write_stack(setup: RunSetup, job: ImageJob, options: dict, *chunks) -> ImageOutcome:
     """A task: the stacked result of a stack's plane chunks, written as in-process."""
-    try:
-        outputs, stack = missing_outputs(job, setup.request, **options)
-        if not outputs:  # written by an earlier try of this task
-            return ImageOutcome(job.path, "skipped")
-        planes = LayerPlanes.from_array(read_image(job.path), name=job.path.name)
+
+    def write(outputs, planes):
         assembly = PlaneStack(planes, setup.request)
         for index, result in itertools.chain.from_iterable(chunks):
             assembly.add(index, result)
-        write_outputs(outputs, assembly.result(), planes, job.path.name)
-        return ImageOutcome(job.path, "written", math.prod(stack))
-    except Exception as exc:
-        return _portable(ImageOutcome(job.path, "failed", error=exc))
+        write_outputs(outputs, assembly.result(), planes, job.path.name, setup.request)
+
+    return _finish(setup, job, options, write)
+
+
+def finish_stack(setup: RunSetup, job: ImageJob, options: dict, *chunks) -> ImageOutcome:
+    """A task, once every plane is in the stack's zarr store: the store's final name and the
+    overlay, as in-process."""
+
+    def write(outputs, planes):
+        zarr_path = zarr_output(job, options["formats"])
+        finish_streamed(outputs, planes, setup.request, zarr_path, setup.segmenter)
+
+    return _finish(setup, job, options, write)
 
 
 def images_per_task_for(n_images: int, n_threads: int) -> int:
@@ -233,15 +272,27 @@ def _submissions(client, setup, jobs, request, reporting, options, per_task):
         try:
             if job.error is not None:
                 raise job.error
-            outputs, stack = missing_outputs(job, request, **options)
+            outputs, layout = missing_outputs(job, request, **options)
+            stack = () if layout is None else layout.stack_shape
+            store = None
+            if stack and "zarr" in outputs and streams(outputs):  # made here, written by tasks
+                store = open_label_store(
+                    outputs["zarr"], layout, request, restart=options["overwrite"]
+                )
         except Exception as exc:
             reporting.record(ImageOutcome(job.path, "failed", error=exc))
             continue
         if not outputs:
             reporting.record(ImageOutcome(job.path, "skipped"))
-        elif stack:
-            yield _stack_submission(client, setup, job, stack, options, per_task)
-        else:
+            continue
+        reporting.planned(job.path, outputs, layout)
+        if store is not None:
+            tasks = (write_plane_chunk, (store,), store.missing(), finish_stack)
+            yield from _stack_submissions(client, setup, job, options, per_task, *tasks)
+        elif stack and not streams(outputs):
+            tasks = (segment_plane_chunk, (), layout.indices(), write_stack)
+            yield from _stack_submissions(client, setup, job, options, per_task, *tasks)
+        else:  # one plane, or a stack's overlay alone (one plane segmented)
             batch.append(job)
             if len(batch) == per_task:
                 yield batch_submission(batch)
@@ -250,17 +301,18 @@ def _submissions(client, setup, jobs, request, reporting, options, per_task):
         yield batch_submission(batch)
 
 
-def _stack_submission(client, setup, job, stack, options, per_task):
-    """The plane-chunk tasks of a stack and the task that writes it (the one tracked)."""
-    indices = list(itertools.product(*(range(n) for n in stack)))
-    chunks = [
-        client.submit(
-            segment_plane_chunk, setup, job, indices[i : i + per_task], pure=False, retries=RETRIES
-        )
-        for i in range(0, len(indices), per_task)
-    ]
-    future = client.submit(write_stack, setup, job, options, *chunks, pure=False, retries=RETRIES)
-    return future, len(chunks) + 1, lambda done: _outcomes(done, [job])
+def _stack_submissions(client, setup, job, options, per_task, chunk_task, args, indices, last):
+    """A stack's tasks: chunk_task(setup, job, *args, plane indices) for its planes, each
+    tracked on its own (it stands for no image), then last(setup, job, options, *chunks),
+    which finishes the stack once they are done (its outcome is the image's)."""
+    chunks = []
+    for start in range(0, len(indices), per_task):
+        chunk = indices[start : start + per_task]
+        future = client.submit(chunk_task, setup, job, *args, chunk, pure=False, retries=RETRIES)
+        chunks.append(future)
+        yield future, 1, lambda done: []  # a failed chunk fails `last`, which reports it
+    future = client.submit(last, setup, job, options, *chunks, pure=False, retries=RETRIES)
+    yield future, 1, lambda done: _outcomes(done, [job])
 
 
 def _outcomes(future, jobs: list[ImageJob]) -> list[ImageOutcome]:
@@ -278,7 +330,8 @@ _TEMPORARY = re.compile(r"\.tmp-\d+-(?P<name>.+)")
 
 def remove_orphaned_temporaries(jobs: list[ImageJob], n_classes: int, options: dict) -> None:
     """Delete the temporary files that a worker killed while writing left for these jobs'
-    outputs (once every task has finished, no writer is left)."""
+    outputs (once every task has finished, no writer is left), and the partial folders of
+    finished zarr stores."""
     expected = {
         path
         for job in jobs
@@ -294,6 +347,9 @@ def remove_orphaned_temporaries(jobs: list[ImageJob], n_classes: int, options: d
             match = _TEMPORARY.fullmatch(entry.name)
             if match and entry.with_name(match["name"]) in expected:
                 entry.unlink(missing_ok=True)
+    for path in expected:  # a partial zarr store is kept for a later run to resume
+        if path.name.endswith(label_store.SUFFIX):
+            label_store.remove_leftover_partial(path)
 
 
 @contextmanager

@@ -6,16 +6,18 @@ no torch, no napari.
   is read lazily, plane by plane), `stored_shape` (a TIFF's or zarr's shape from its header),
   `read_label_image` (ground truth: class ids, never colours).
 - Finding files: `find_images` (inputs for `segment`), `index_files` (ids for `evaluate`).
-- Writers: `write_label_png`, `write_label_tiff` (class ids, class names inside),
-  `write_overlay`; `replacing` makes every write atomic; `check_output_folder` and
-  `check_output_file` refuse an output that cannot be written before any work starts.
+- Writers: `write_label_png`, `write_label_tiff` (class ids, class names inside:
+  `label_metadata`), `write_overlay` (the zarr label store is `label_store.py`); `replacing`
+  makes every write atomic; `check_output_folder` and `check_output_file` refuse an output
+  that cannot be written before any work starts.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,6 +89,19 @@ class WithoutUnitAxes:
         return np.asarray(self[()], dtype=dtype)
 
 
+def _full_resolution(zarr, store) -> WithoutUnitAxes:
+    """The zarr array of `store`, or level 0 of its multiscale image (a zarr group)."""
+    node = zarr.open(store, mode="r")
+    if isinstance(node, zarr.Group):
+        attributes = node.attrs.asdict()
+        # OME-Zarr 0.4 keeps `multiscales` at the top, 0.5 under "ome".
+        multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get("multiscales")
+        if not multiscales:
+            raise ValueError("a zarr group that is no OME-Zarr multiscale image")
+        node = node[multiscales[0]["datasets"][0]["path"]]
+    return WithoutUnitAxes(node)
+
+
 def read_zarr(path: Path) -> WithoutUnitAxes:
     """A zarr array, or level 0 of an OME-Zarr multiscale image (a zarr group), lazily."""
     try:
@@ -97,28 +112,20 @@ def read_zarr(path: Path) -> WithoutUnitAxes:
         ) from None
 
     try:
-        node = zarr.open(Path(path), mode="r")
-        if isinstance(node, zarr.Group):
-            attributes = node.attrs.asdict()
-            # OME-Zarr 0.4 keeps `multiscales` at the top, 0.5 under "ome".
-            multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get(
-                "multiscales"
-            )
-            if not multiscales:
-                raise ValueError("a zarr group that is no OME-Zarr multiscale image")
-            node = node[multiscales[0]["datasets"][0]["path"]]
+        return _full_resolution(zarr, str(path))
     except Exception as exc:  # zarr raises several types for damaged or foreign stores
         raise ValueError(f"cannot read zarr: {exc}") from None
-    return WithoutUnitAxes(node)
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, *, lazy: bool = False) -> np.ndarray:
     """The pixels of an image file, RGB(A) order, dtype as stored (16-bit stays 16-bit).
 
     TIFF through tifffile, as napari opens it: a stack keeps its planes ((Z, Y, X),
     (Z, Y, X, 3), ...; `planes.LayerPlanes.from_array` says which axes are planes), less its
     length-1 axes. Everything else through OpenCV, one plane. EXIF orientation is not applied,
     so labels line up with the stored pixels, as ground-truth files do.
+    lazy: a TIFF is read as it is indexed (a stack one plane at a time, never whole), through
+    tifffile's zarr interface, when a zarr it supports is installed; a zarr store always is.
     """
     path = Path(path)
     if is_zarr(path):
@@ -126,6 +133,13 @@ def read_image(path: Path) -> np.ndarray:
     if is_tiff(path):
         import tifffile
 
+        if lazy and importlib.util.find_spec("zarr") is not None:
+            import zarr
+
+            # Any failure reads the file whole instead: a damaged file is reported from there,
+            # and tifffile's zarr interface needs a zarr it supports (zarr 3 for current ones).
+            with suppress(Exception):
+                return _full_resolution(zarr, tifffile.imread(path, aszarr=True))
         try:
             image = tifffile.imread(path)
         except Exception as exc:  # tifffile raises several types for damaged files
@@ -296,8 +310,10 @@ def replacing(path: Path):
         temporary.unlink(missing_ok=True)
 
 
-def _label_metadata(result) -> dict:
-    return {"class_names": list(result.class_names), "background": bool(result.background)}
+def label_metadata(class_names, background: bool) -> dict:
+    """What label files record about their class ids: the class names (a class id is its
+    position) and whether the first class is the background."""
+    return {"class_names": list(class_names), "background": bool(background)}
 
 
 def write_label_png(path: Path, result) -> None:
@@ -308,7 +324,9 @@ def write_label_png(path: Path, result) -> None:
     image = Image.fromarray(result.labels.astype(np.uint8, copy=False))
     image.putpalette(class_palette(result.n_classes, result.background).ravel().tolist())
     info = PngInfo()
-    info.add_text(LABEL_METADATA_KEY, json.dumps(_label_metadata(result)))
+    info.add_text(
+        LABEL_METADATA_KEY, json.dumps(label_metadata(result.class_names, result.background))
+    )
     image.save(path, pnginfo=info)
 
 
@@ -316,7 +334,7 @@ def write_label_tiff(path: Path, result) -> None:
     """A zlib TIFF of the class ids, (*stack, H, W) as the result holds them."""
     import tifffile
 
-    tiff_metadata = {LABEL_METADATA_KEY: _label_metadata(result)}
+    tiff_metadata = {LABEL_METADATA_KEY: label_metadata(result.class_names, result.background)}
     # Grey pages, named: tifffile would store 3 or 4 planes of uint8 as one RGB(A) image.
     tifffile.imwrite(
         path,
@@ -337,13 +355,15 @@ def overlay_image(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, back
     return (blended // 255).astype(np.uint8)
 
 
-def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, result) -> None:
+def write_overlay(
+    path: Path, image: np.ndarray, labels: np.ndarray, n_classes: int, background: bool
+) -> None:
     """The overlay PNG of one plane: `image` (as read) and its class ids `labels`, coloured
-    as `result`'s classes."""
+    as a class list of `n_classes` (`background`: whether its first class is background)."""
     from PIL import Image
 
     from .engine import to_rgb_uint8
 
     rgb = to_rgb_uint8(image)  # the pixels as the engine saw them
-    palette = class_palette(result.n_classes, result.background)
-    Image.fromarray(overlay_image(rgb, labels, palette, result.background)).save(path)
+    palette = class_palette(n_classes, background)
+    Image.fromarray(overlay_image(rgb, labels, palette, background)).save(path)

@@ -5,13 +5,14 @@
   (duck-typed, napari is never imported), `from_array` for an array such as a (Z, Y, X) stack.
 - `segment_planes` runs `ITACLIP.segment` on each plane and stacks the results; it touches no
   Qt, so the widget runs it in a worker thread, and the command line can use it for stacks.
-  `PlaneStack` assembles the per-plane results (a cluster fills it as planes finish).
+  `PlaneStack` assembles the per-plane results (a cluster fills it as planes finish);
+  `plane_results` yields them one at a time, for a writer that keeps no stack in memory.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -183,6 +184,14 @@ def current_position(viewer, layer) -> tuple[float, ...]:
     return tuple(layer.world_to_data(viewer.dims.point))
 
 
+def plane_request(planes: LayerPlanes, request):
+    """The request every plane of `planes` is segmented with: with probability_downsample
+    "auto", the one factor that makes all planes' probabilities together fit the budget."""
+    height, width = planes.plane_shape
+    factor = request.probability_factor(height, width, len(planes.indices()))
+    return replace(request, probability_downsample=factor)
+
+
 class PlaneStack:
     """The stacked result of `segment_planes`, filled one plane result at a time in any order
     (a cluster returns planes as they finish; `segment_planes` adds them in order).
@@ -196,9 +205,8 @@ class PlaneStack:
         self.planes = planes
         self.indices = planes.indices()
         self.request = request
-        height, width = planes.plane_shape
-        self.factor = request.probability_factor(height, width, len(self.indices))
-        self.plane_request = replace(request, probability_downsample=self.factor)
+        self.plane_request = plane_request(planes, request)
+        self.factor = self.plane_request.probability_downsample
         self._labels = self._probabilities = self._first = None
         self._timings: dict[str, float] = {}
         self._added = 0
@@ -269,25 +277,59 @@ def segment_planes(
         shown.add(stack.indices[0], result)
         preview(shown.result())
 
-    for count, index in enumerate(stack.indices):
-        report = progress
-        if progress is not None and len(stack.indices) > 1:
-
-            def report(done, total, stage, _plane=count + 1):
-                progress(done, total, f"plane {_plane}/{len(stack.indices)}: {stage}")
-
+    def plane_options(count):
         extra = {}
         if plane_examples is not None and (plane_examples[count] >= 0).any():
             extra["examples"] = plane_examples[count]
         if preview is not None and single:
             extra["preview"] = stacked_preview
-        stack.add(
+        return extra
+
+    for index, result in plane_results(
+        segmenter,
+        planes,
+        stack.plane_request,
+        stack.indices,
+        progress=progress,
+        cancel=cancel,
+        plane_options=plane_options,
+    ):
+        stack.add(index, result)
+    return stack.result()
+
+
+def plane_results(
+    segmenter,
+    planes: LayerPlanes,
+    plane_request,
+    indices: list[tuple[int, ...]],
+    *,
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    plane_options: Callable[[int], dict] | None = None,
+) -> Iterator[tuple[tuple[int, ...], SegmentationResult]]:
+    """(stack index, engine result) of each plane of `indices`, in order, segmented as it is
+    asked for: only one plane's result is alive at a time unless the caller keeps them.
+
+    plane_request: from `plane_request(planes, request)`, so that the planes come out as in
+    the whole stack's run. progress: as for `segment_planes` (stages prefixed with
+    "plane k/n" when there are several). plane_options(k): more `ITACLIP.segment` keywords
+    for the k-th plane of `indices`.
+    """
+    for count, index in enumerate(indices):
+        report = progress
+        if progress is not None and len(indices) > 1:
+
+            def report(done, total, stage, _plane=count + 1):
+                progress(done, total, f"plane {_plane}/{len(indices)}: {stage}")
+
+        extra = plane_options(count) if plane_options is not None else {}
+        yield (
             index,
             segmenter.segment(
-                planes.read(index), stack.plane_request, progress=report, cancel=cancel, **extra
+                planes.read(index), plane_request, progress=report, cancel=cancel, **extra
             ),
         )
-    return stack.result()
 
 
 def _plane_examples(planes: LayerPlanes, examples) -> np.ndarray | None:

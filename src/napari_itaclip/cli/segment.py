@@ -15,8 +15,8 @@ HELP = "segment images and folders of images"
 DESCRIPTION = (
     "Segment image files and folders (searched recursively). Writes, per image, a label image "
     "of class ids (class 0 = first class), the result bundle and an overlay. A TIFF or zarr "
-    "stack is segmented plane by plane into one stacked result. --dask runs on a "
-    "dask.distributed cluster (docs/cli.md, 'Many images / on a cluster')."
+    "stack is segmented plane by plane into one stacked result (--format zarr for big stacks). "
+    "--dask runs on a dask.distributed cluster (docs/cli.md, 'Many images / on a cluster')."
 )
 DEFAULT_OUT = "itaclip-output"
 
@@ -30,8 +30,9 @@ def add_arguments(parser) -> None:
         choices=OUTPUT_FORMATS,
         dest="formats",
         help="png: palette PNG label image (TIFF for stacks and above 256 classes), tif: TIFF "
-        "label image, bundle: the plugin's .itaclip file; repeat for several (default: png and "
-        "bundle)",
+        "label image, bundle: the plugin's .itaclip file, zarr: zarr array of class ids, written "
+        "plane by plane and resumable (use --format zarr alone for big stacks: TIFF and bundle "
+        "hold a stack whole in memory); repeat for several (default: png and bundle)",
     )
     parser.add_argument("--no-overlay", action="store_true", help="do not write the overlay PNG")
     parser.add_argument(
