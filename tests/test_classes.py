@@ -56,6 +56,9 @@ def test_builtin_class_sets(name, n_classes, n_queries):
         (["sky", "dog", "DOG "], True, "duplicate class name 'DOG' on line 3"),
         (["cat, , dog"], False, "empty name"),
         (["only background"], True, "at least one more class"),
+        # Classes typed with commas on one line are the names of one class: say so.
+        ("cell, nucleus, background", True, "separate classes with '; '"),
+        ("person, bicycle, road", False, "separate classes with '; '"),
     ],
 )
 def test_bad_class_lists(classes, background, message):

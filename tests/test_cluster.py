@@ -463,3 +463,47 @@ def test_cluster_resumes_a_failed_zarr_store_plane_by_plane(tmp_path, client, sp
         assert finished.skipped == [path] and calls() == 0
     assert not partial.exists()
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_writing_planes_leaves_one_complete_store(
+    tmp_path, client, spec, request_
+):
+    """A worker is killed (as by the OOM killer) as soon as the first plane is in the store:
+    its plane tasks run on the other worker (or its replacement) and the store is finished
+    once, complete, with the labels of the in-process run."""
+    import threading
+    import time
+
+    path = tmp_path / "in" / "stack.tif"
+    path.parent.mkdir()
+    tifffile.imwrite(path, random_image(13, (12, H, W)), photometric="minisblack")
+    out = tmp_path / "out"
+    markers = partial_folder(out / "stack_labels.zarr") / "planes"
+    before = client.run(os.getpid)
+    killed = threading.Event()
+
+    def kill_after_the_first_plane():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (markers.is_dir() and any(markers.iterdir())):
+            time.sleep(0.002)
+        os.kill(before[sorted(before)[0]], signal.SIGKILL)
+        killed.set()
+
+    killer = threading.Thread(target=kill_after_the_first_plane, daemon=True)
+    killer.start()
+    report = segment_files(
+        [path], request_, out, segmenter=spec, client=client, formats=["zarr"], images_per_task=1
+    )
+    killer.join(timeout=120)
+
+    assert killed.is_set() and report.written == [path] and not report.failed
+    assert sorted(p.name for p in out.iterdir()) == ["stack_labels.zarr", "stack_overlay.png"]
+    expected = segment_files([path], request_, tmp_path / "tif", segmenter=spec, formats=["tif"])
+    assert expected.written == [path]
+    np.testing.assert_array_equal(
+        zarr.open_array(out / "stack_labels.zarr", mode="r")[...],
+        tifffile.imread(tmp_path / "tif" / "stack_labels.tif"),
+    )
+    client.wait_for_workers(2, timeout=60)
+    assert set(client.run(os.getpid).values()) != set(before.values())  # one was replaced

@@ -135,6 +135,12 @@ def parse_class_list(classes, background: bool) -> ClassList:
         raise ValueError("the class list is empty: give at least one class name")
     if len(variants) > MAX_CLASSES:
         raise ValueError(f"too many classes: {len(variants)} (at most {MAX_CLASSES})")
+    if len(variants) < 2 and len(variants[0]) > 1:
+        # "cell, nucleus, background" typed on one line: the names of ONE class.
+        raise ValueError(
+            f"only one class, named {', '.join(map(repr, variants[0]))}: ', ' separates the "
+            "names of one class; separate classes with '; ' or put one class per line"
+        )
     if background and len(variants) < 2:
         raise ValueError(
             "with background=True the first line is the background, so at least one more class "
