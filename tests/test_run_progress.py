@@ -1,6 +1,8 @@
 """RunProgress: one bar for the whole run (planes x weighted stages), text that fits, and no
 event after Cancel; ActivityBar shows it as a napari progress bar (no viewer needed here)."""
 
+import re
+
 import pytest
 
 from napari_itaclip._run_progress import (
@@ -64,6 +66,10 @@ def test_activity_bar_is_one_run_progress_and_its_cancel_button_says_cancelling(
     bar(1, 2, "plane 1/2: refine")
     assert bar.bar.n == round(1000 * (0.85 + 0.15 / 2) / 2)
     assert described[-1] == "plane 1/2: refine 1/2"
+    # Beside the bar the dock shows the text after the last "|": times only, no "462/1000"
+    # of the bar's internal steps nor a rate, so that the Cancel button stays in sight.
+    beside = str(bar.bar).split("|")[-1]
+    assert re.fullmatch(r" \d\d:\d\d<(\d\d:\d\d|\?)", beside), beside
     assert not bar.cancelled()
     bar.bar.cancel()  # what the dock's Cancel button calls
     assert bar.cancelled() and described[-1] == "cancelling..."

@@ -105,6 +105,9 @@ class RunProgress:
         self.fraction = max(floor, min(fraction, 1.0))
 
 
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
+
+
 def cancelable_napari_progress(total: int, desc: str, on_cancel):
     """A napari progress bar whose Cancel button in the activity dock calls on_cancel() (napari
     shows the button for its `cancelable_progress`, which on its own only sets a flag)."""
@@ -115,7 +118,10 @@ def cancelable_napari_progress(total: int, desc: str, on_cancel):
             super().cancel()
             on_cancel()
 
-    return CancelableProgress(total=total, desc=desc)
+    # napari's dock shows what follows the last "|" beside the bar: the times alone, so that the
+    # row (description, bar, times, Cancel) fits the dock; tqdm's default adds "50/1000" and
+    # a rate, counts of the bar's internal steps that push Cancel out of sight.
+    return CancelableProgress(total=total, desc=desc, bar_format=BAR_FORMAT)
 
 
 class ActivityBar:
